@@ -1,0 +1,55 @@
+"""The one table of who may do what; every check in the app goes through ``require``."""
+
+from __future__ import annotations
+
+from cdp.actors import Actor
+from cdp.exceptions import PermissionDenied
+
+# Permission names are "<area>:<verb>"; admin holds every permission.
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "marketer": frozenset(
+        {
+            "dashboard:view",
+            "profiles:view",
+            "segments:view",
+            "segments:edit",
+            "journeys:view",
+            "journeys:edit",
+            "content:view",
+            "content:edit",
+            "loyalty:view",
+            "loyalty:edit",
+            "models:view",
+            "sources:view",
+            "jobs:view",
+        }
+    ),
+    "reviewer": frozenset(
+        {"dashboard:view", "content:view", "content:review", "journeys:view", "jobs:view"}
+    ),
+    "analyst": frozenset(
+        {
+            "dashboard:view",
+            "profiles:view",
+            "segments:view",
+            "segments:edit",
+            "models:view",
+            "models:edit",
+            "jobs:view",
+        }
+    ),
+    "partner": frozenset({"partner:api"}),
+    "admin": frozenset(),  # everything, see allowed()
+}
+
+
+def allowed(role: str | None, permission: str) -> bool:
+    if role == "admin":
+        return permission != "partner:api"
+    return permission in ROLE_PERMISSIONS.get(role or "", frozenset())
+
+
+def require(actor: Actor, permission: str) -> None:
+    """Raise PermissionDenied unless the actor's role grants ``permission``."""
+    if not allowed(actor.role, permission):
+        raise PermissionDenied(f"role '{actor.role}' may not {permission}")

@@ -1,0 +1,18 @@
+"""Management commands of the ``cdp`` CLI, registered on the app in one place."""
+
+from flask import Flask
+
+from cdp.commands import accounts, audit, runtime, seed, sources
+
+
+def init_app(app: Flask) -> None:
+    for command in (
+        accounts.users,
+        accounts.tokens,
+        audit.audit_group,
+        sources.sources_group,
+        runtime.worker,
+        runtime.serve,
+        seed.seed_demo,
+    ):
+        app.cli.add_command(command)

@@ -1,0 +1,105 @@
+"""Configuration read from the environment when the app is created, never at import time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SECRET_KEY = "dev-secret-key-change-me"
+DEFAULT_PII_KEY = "dev-pii-key-change-me"
+
+# Packages that plug themselves into the app, in order. `cdp` never imports them
+# directly (imports go one way); the list is data so a deployment can trim it.
+DEFAULT_COMPONENTS = ("segments", "journeys", "connectors", "web")
+
+
+class ConfigError(RuntimeError):
+    """The configuration is unsafe or incomplete for the chosen mode."""
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    name: str
+    key: str
+    default: str | None
+
+
+ENV_VARS = (
+    EnvSpec("CDP_DATABASE_URL", "SQLALCHEMY_DATABASE_URI", None),
+    EnvSpec("CDP_REDIS_URL", "REDIS_URL", None),
+    EnvSpec("CDP_SECRET_KEY", "SECRET_KEY", DEFAULT_SECRET_KEY),
+    EnvSpec("CDP_PII_KEY", "PII_KEY", DEFAULT_PII_KEY),
+    EnvSpec("CDP_TIMEZONE", "TIMEZONE", "Asia/Shanghai"),
+    EnvSpec("CDP_ENV", "CDP_ENV", "development"),
+    EnvSpec("CDP_PUBLIC_URL", "PUBLIC_URL", "http://127.0.0.1:5000"),
+    EnvSpec("CDP_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", "10 per minute"),
+)
+
+
+def default_sqlite_url(instance_path: str) -> str:
+    return "sqlite:///" + str(Path(instance_path) / "cdp.db")
+
+
+def from_environment(environ: os._Environ | dict, instance_path: str) -> dict:
+    """Build the config mapping from CDP_* environment variables."""
+    config = {}
+    for spec in ENV_VARS:
+        value = environ.get(spec.name) or spec.default
+        config[spec.key] = value
+    if not config["SQLALCHEMY_DATABASE_URI"]:
+        config["SQLALCHEMY_DATABASE_URI"] = default_sqlite_url(instance_path)
+    return config
+
+
+def base_config() -> dict:
+    """Settings that do not depend on the environment."""
+    return {
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "PERMANENT_SESSION_LIFETIME": 12 * 3600,
+        "WTF_CSRF_TIME_LIMIT": None,
+        "BABEL_DEFAULT_LOCALE": "zh_CN",
+        "BABEL_DEFAULT_TIMEZONE": "Asia/Shanghai",
+        "LANGUAGES": ("zh_CN", "en"),
+        "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,
+        "COMPONENTS": DEFAULT_COMPONENTS,
+        "API_TITLE": "CarePath CDP",
+        "API_VERSION": "v1",
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/api",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "EMBEDDED_WORKER": None,  # None: on when there is no Redis URL
+        "WORKER_TTL": 60,
+        "JOB_TIMEOUT": 600,
+        "JOB_RETRIES": 3,
+    }
+
+
+def finalize(config: dict) -> None:
+    """Derive mode-dependent settings and refuse unsafe production configs."""
+    production = config.get("CDP_ENV") == "production"
+    config["PRODUCTION"] = production
+    config["BABEL_DEFAULT_TIMEZONE"] = config.get("TIMEZONE", "Asia/Shanghai")
+    if production:
+        problems = []
+        if config.get("SECRET_KEY") in (None, "", DEFAULT_SECRET_KEY):
+            problems.append("CDP_SECRET_KEY must be set to a non-default value")
+        if config.get("PII_KEY") in (None, "", DEFAULT_PII_KEY):
+            problems.append("CDP_PII_KEY must be set to a non-default value")
+        if problems:
+            raise ConfigError("Refusing to start in production mode: " + "; ".join(problems))
+        # __Host- cookies must be Secure, path=/ and host-only (ASVS 3.3.1/3.3.3).
+        config.setdefault("SESSION_COOKIE_SECURE", True)
+        config.setdefault("SESSION_COOKIE_NAME", "__Host-cdp_session")
+        config.setdefault("REMEMBER_COOKIE_SECURE", True)
+    else:
+        config.setdefault("SESSION_COOKIE_NAME", "cdp_session")
+    if config.get("SQLALCHEMY_DATABASE_URI", "").startswith("sqlite"):
+        # SQLite serialises writers anyway; a long busy timeout beats "database is locked".
+        opts = dict(config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+        opts.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        config["SQLALCHEMY_ENGINE_OPTIONS"] = opts
+    if config.get("EMBEDDED_WORKER") is None:
+        config["EMBEDDED_WORKER"] = not config.get("REDIS_URL")

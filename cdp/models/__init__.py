@@ -1,0 +1,22 @@
+"""Every core model, imported in one place so Alembic and the app see the whole schema."""
+
+from cdp.models.audit import AuditEntry
+from cdp.models.events import Event
+from cdp.models.jobs import JobRun
+from cdp.models.profiles import Identity, Profile
+from cdp.models.sources import Source
+from cdp.models.tokens import ApiToken
+from cdp.models.users import ROLES, User, UserSession
+
+__all__ = [
+    "ROLES",
+    "ApiToken",
+    "AuditEntry",
+    "Event",
+    "Identity",
+    "JobRun",
+    "Profile",
+    "Source",
+    "User",
+    "UserSession",
+]

@@ -1,0 +1,35 @@
+"""The navigation frame: each area, its endpoint and the permission that shows it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask_babel import lazy_gettext as _l
+
+from cdp.auth.permissions import allowed
+
+
+@dataclass(frozen=True)
+class NavItem:
+    endpoint: str
+    label: object
+    permission: str
+
+
+NAV_ITEMS = (
+    NavItem("dashboard.index", _l("Dashboard"), "dashboard:view"),
+    NavItem("areas.profiles", _l("Profiles"), "profiles:view"),
+    NavItem("areas.segments", _l("Segments"), "segments:view"),
+    NavItem("areas.journeys", _l("Journeys"), "journeys:view"),
+    NavItem("areas.content", _l("Content"), "content:view"),
+    NavItem("areas.loyalty", _l("Loyalty"), "loyalty:view"),
+    NavItem("areas.models", _l("Models"), "models:view"),
+    NavItem("areas.sources", _l("Sources"), "sources:view"),
+    NavItem("areas.audit", _l("Audit"), "audit:view"),
+    NavItem("areas.settings", _l("Settings"), "settings:view"),
+    NavItem("system.health", _l("Health"), "jobs:view"),
+)
+
+
+def visible_items(role: str | None) -> list[NavItem]:
+    return [item for item in NAV_ITEMS if allowed(role, item.permission)]
