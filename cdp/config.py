@@ -6,12 +6,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
 DEFAULT_SECRET_KEY = "dev-secret-key-change-me"
 DEFAULT_PII_KEY = "dev-pii-key-change-me"
 
 # Packages that plug themselves into the app, in order. `cdp` never imports them
 # directly (imports go one way); the list is data so a deployment can trim it.
 DEFAULT_COMPONENTS = ("segments", "journeys", "connectors", "web")
+
+
+def _json_dumps(value) -> str:
+    return orjson.dumps(value).decode()
 
 
 class ConfigError(RuntimeError):
@@ -55,7 +61,12 @@ def from_environment(environ: os._Environ | dict, instance_path: str) -> dict:
 def base_config() -> dict:
     """Settings that do not depend on the environment."""
     return {
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_pre_ping": True,
+            # orjson keeps Chinese text as UTF-8 (stdlib json escapes it to \\uXXXX) and is faster.
+            "json_serializer": _json_dumps,
+            "json_deserializer": orjson.loads,
+        },
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
         "PERMANENT_SESSION_LIFETIME": 12 * 3600,

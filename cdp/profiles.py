@@ -10,9 +10,18 @@ from cdp.auth.permissions import require
 from cdp.db import db, transaction
 from cdp.exceptions import NotFound
 from cdp.models import Identity, Profile
-from cdp.pii import vault
+from cdp.pii import PiiVault, vault
 
+# Associated data binds the ciphertext to its use: a blob cut from another column won't decrypt.
 PROFILE_PII_AAD = b"profile"
+
+
+def encrypt_profile_pii(pii: dict, pii_vault: PiiVault | None = None) -> bytes:
+    return (pii_vault or vault()).encrypt_json(pii, PROFILE_PII_AAD)
+
+
+def decrypt_profile_pii(blob: bytes, pii_vault: PiiVault | None = None) -> dict:
+    return (pii_vault or vault()).decrypt_json(blob, PROFILE_PII_AAD)
 
 
 def list_profiles(kind: str | None = None, after_id: int = 0, limit: int = 50) -> list[Profile]:
@@ -42,11 +51,7 @@ def view_pii(actor: Actor, profile_id: int) -> dict:
     profile = db.session.get(Profile, profile_id)
     if profile is None:
         raise NotFound("no such profile", "profile_id")
-    data = (
-        vault().decrypt_json(profile.pii_encrypted, PROFILE_PII_AAD)
-        if profile.pii_encrypted
-        else {}
-    )
+    data = decrypt_profile_pii(profile.pii_encrypted) if profile.pii_encrypted else {}
     with transaction():
         audit.record(actor, "profile.pii_view", "profile", profile_id, fields=sorted(data))
     return data

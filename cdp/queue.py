@@ -74,8 +74,11 @@ def bind_worker_app(app: Flask) -> None:
 class TaskQueue:
     """Enqueue jobs on the named RQ queues of one Redis connection."""
 
-    def __init__(self, connection: Redis, embedded: bool, retries: int, timeout: int):
+    def __init__(
+        self, connection: Redis, embedded: bool, retries: int, timeout: int, url: str | None = None
+    ):
         self.connection = connection
+        self.url = url
         self.embedded = embedded
         self.retries = retries
         self.timeout = timeout
@@ -91,15 +94,16 @@ class TaskQueue:
 
     def enqueue(self, func: Callable | str, *args, queue: str = "default", job_id=None, **kw):
         """Enqueue ``func(*args)`` on ``queue`` with retries; returns the RQ job."""
-        return self.queue(queue).enqueue(
+        timeout = kw.pop("job_timeout", self.timeout)
+        return self.queue(queue).enqueue_call(
             func,
-            *args,
+            args=args,
+            kwargs=kw or None,
             job_id=job_id,
             retry=Retry(max=self.retries, interval=[10, 30, 60]) if self.retries else None,
-            job_timeout=kw.pop("job_timeout", self.timeout),
+            timeout=timeout,
             failure_ttl=7 * 24 * 3600,
             result_ttl=3600,
-            kwargs=kw or None,
         )
 
     def enqueue_many(self, func: Callable | str, arg_lists: list[tuple], queue: str = "default"):
@@ -115,6 +119,18 @@ class TaskQueue:
 
     def all_queues(self) -> list[Queue]:
         return [self._queues[name] for name in QUEUES]
+
+    def worker_queues(self, names: list[str], blocking_timeout: int) -> list[Queue]:
+        """Queues on a connection of their own whose socket outlives a blocking dequeue.
+
+        redis-py defaults to a 5 s socket timeout, which RQ reads as a dead server
+        when an idle worker waits longer than that for a job.
+        """
+        connection = Redis.from_url(self.url, socket_timeout=blocking_timeout + 30)
+        return [
+            Queue(self.queue(n).name, connection=connection, serializer=JSONSerializer)
+            for n in names
+        ]
 
     def clean_abandoned(self) -> None:
         """Retry (or fail) jobs whose worker died: their heartbeat in the registry expired."""
@@ -225,6 +241,7 @@ def init_app(app: Flask) -> None:
         embedded=embedded,
         retries=app.config["JOB_RETRIES"],
         timeout=app.config["JOB_TIMEOUT"],
+        url=url,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
 from flask import Flask, g, request
 
@@ -32,14 +33,34 @@ def _security_headers(response):
     return response
 
 
+HERE = Path(__file__).parent
+
+
+def _serve_assets_from_here(app: Flask) -> None:
+    # The app is named after the `cdp` package; templates and vendored assets live in `web/`.
+    app.template_folder = str(HERE / "templates")
+    app.static_folder = str(HERE / "static")
+    if "static" not in app.view_functions:
+        app.add_url_rule(
+            f"{app.static_url_path}/<path:filename>",
+            endpoint="static",
+            view_func=app.send_static_file,
+        )
+
+
 def init_app(app: Flask) -> None:
     """Wire extensions, blueprints and handlers onto the app."""
+    _serve_assets_from_here(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     if app.config.get("PRODUCTION"):
         app.config.setdefault("STRICT_TRANSPORT_SECURITY", "max-age=31536000; includeSubDomains")
     csrf.init_app(app)
     limiter.init_app(app)
+    # Flask-Babel looks for "translations" under the app root (the cdp package); ours live here.
+    app.config.setdefault(
+        "BABEL_TRANSLATION_DIRECTORIES", str(Path(__file__).parent / "translations")
+    )
     babel.init_app(app, locale_selector=i18n.select_locale, timezone_selector=i18n.select_timezone)
     login_manager.init_app(app)
     session_auth.init_app(app)

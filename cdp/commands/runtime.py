@@ -34,9 +34,10 @@ def worker(queues, burst):
     ticker = BackgroundLoop(app, task_queue)
     ticker.start(run_jobs=False)
     try:
+        queues = task_queue.worker_queues(names, blocking_timeout=app.config["WORKER_TTL"])
         ForkingWorker(
-            [task_queue.queue(name) for name in names],
-            connection=task_queue.connection,
+            queues,
+            connection=queues[0].connection,
             serializer=JSONSerializer,
             worker_ttl=app.config["WORKER_TTL"],
             job_monitoring_interval=10,

@@ -31,7 +31,8 @@ class Users(MethodView):
         user, password = accounts.create_user(
             current_actor(), data["email"], data["role"], given, data.get("name", "")
         )
-        result = UserCreatedSchema().dump(user)
+        fields = ("id", "email", "name", "role", "is_active", "created_at")
+        result = {name: getattr(user, name) for name in fields}
         if not given:
             result["password"] = password
         return result
