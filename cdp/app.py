@@ -11,6 +11,7 @@ from flask import Flask
 from cdp import commands, db, pii, queue, sweeper
 from cdp.config import ConfigError, base_config, finalize, from_environment
 from cdp.extensions import migrate
+from cdp.ingest import tasks as ingest_tasks
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
 
@@ -34,6 +35,7 @@ def create_app(config: dict | None = None) -> Flask:
     pii.init_app(app)
     queue.init_app(app)
     sweeper.init_app(app)
+    ingest_tasks.init_app(app)
     commands.init_app(app)
     for name in app.config["COMPONENTS"]:
         importlib.import_module(name).init_app(app)

@@ -32,3 +32,9 @@ class AuthenticationFailed(CdpError):
 
 class PermissionDenied(CdpError):
     status = 403
+
+
+class Unavailable(CdpError):
+    """A dependency (the database) is down; the client should retry later."""
+
+    status = 503

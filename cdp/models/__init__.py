@@ -2,6 +2,8 @@
 
 from cdp.models.audit import AuditEntry
 from cdp.models.events import Event
+from cdp.models.identity import BlockedIdentifier, IdentityConflict, Merge
+from cdp.models.ingest import OutboxBatch, Violation
 from cdp.models.jobs import JobRun
 from cdp.models.profiles import Identity, Profile
 from cdp.models.sources import Source
@@ -11,6 +13,11 @@ from cdp.models.users import ROLES, User, UserSession
 __all__ = [
     "ROLES",
     "ApiToken",
+    "BlockedIdentifier",
+    "IdentityConflict",
+    "Merge",
+    "OutboxBatch",
+    "Violation",
     "AuditEntry",
     "Event",
     "Identity",

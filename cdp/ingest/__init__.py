@@ -1,0 +1,1 @@
+"""Ingestion: validate canonical (Segment-spec) messages, resolve identity, commit, hand off."""
