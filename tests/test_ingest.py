@@ -284,3 +284,95 @@ def test_pii_is_not_stored_in_event_rows(source):
     blob = repr((event.properties, event.context))
     for secret in ("13911112222", "王芳", "1.2.3.4", "w@x.cn"):
         assert secret not in blob
+
+
+def test_unmerge_restores_the_exact_prior_state(source):
+    from cdp.identity.merges import unmerge
+
+    ingest(
+        source,
+        [
+            {
+                "type": "identify",
+                "anonymousId": "a1",
+                "traits": {"phone": "13800139001", "city": "上海"},
+                "timestamp": at(0),
+            }
+        ],
+    )
+    ingest(
+        source,
+        [
+            {
+                "type": "identify",
+                "userId": "m7",
+                "traits": {"name": "李娜", "city": "杭州"},
+                "timestamp": at(1),
+            }
+        ],
+    )
+    ingest(source, [{"type": "track", "event": "visit", "userId": "m7", "timestamp": at(2)}])
+
+    def snapshot():
+        db.session.expire_all()
+        profiles = {
+            p.id: (
+                p.kind,
+                p.traits,
+                p.trait_times,
+                decrypt_profile_pii(p.pii_encrypted) if p.pii_encrypted else {},
+                p.first_seen_at,
+                p.last_seen_at,
+                p.merged_into_id,
+                p.name_index,
+            )
+            for p in db.session.scalars(sa.select(Profile))
+        }
+        idents = sorted(db.session.execute(sa.select(Identity.id, Identity.profile_id)).all())
+        events = sorted(db.session.execute(sa.select(Event.id, Event.profile_id)).all())
+        return profiles, idents, events
+
+    before = snapshot()
+    ingest(
+        source,
+        [
+            {
+                "type": "identify",
+                "userId": "m7",
+                "traits": {"phone": "13800139001", "city": "北京"},
+                "timestamp": at(3),
+            }
+        ],
+    )
+    assert len(live_profiles()) == 1
+    merge = db.session.scalar(sa.select(Merge))
+    merged_event = db.session.scalar(sa.select(Event).order_by(Event.id.desc()))
+    unmerge(SYSTEM, merge.merged_id)
+    profiles, idents, events = snapshot()
+    # Everything is as before, except the event that caused the merge (it stays with the survivor).
+    assert profiles[merge.merged_id] == before[0][merge.merged_id]
+    assert profiles[merge.survivor_id] == before[0][merge.survivor_id]
+    assert idents == before[1]
+    assert [e for e in events if e[0] != merged_event.id] == before[2]
+    assert db.session.get(Merge, merge.id).undone_at is not None
+    from cdp.identity.merges import unmerge as again
+    from cdp.exceptions import Conflict
+
+    with pytest.raises(Conflict):
+        again(SYSTEM, merge.merged_id, merge.id)
+
+
+def test_lookup_by_phone_and_search_by_name(source):
+    from cdp.profiles import find_by_identifier, identifiers_of, search_profiles
+
+    ingest(
+        source,
+        [{"type": "identify", "userId": "u9", "traits": {"phone": "13911112222", "name": "王 芳"}}],
+    )
+    profile = find_by_identifier("phone", "", "+86 139 1111 2222")
+    assert profile is not None
+    assert [p.id for p in search_profiles("王芳")] == [profile.id]
+    assert [p.id for p in search_profiles("13911112222")] == [profile.id]
+    assert [p.id for p in search_profiles("u9")] == [profile.id]
+    shown = {i["type"]: i["value"] for i in identifiers_of(profile.id)}
+    assert shown == {"user_id": "u9", "phone": "+86139****2222"}

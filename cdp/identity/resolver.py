@@ -25,7 +25,7 @@ from cdp.identity.traits import apply_by_time, merge_by_time
 from cdp.identity.types import Identifier
 from cdp.models import Event, Identity, IdentityConflict, Merge, Profile
 from cdp.pii import PiiVault
-from cdp.profiles import PROFILE_PII_AAD
+from cdp.profiles import PROFILE_PII_AAD, name_index
 
 PII_PREFIX = "pii."
 _CHUNK = 500
@@ -302,6 +302,7 @@ class Resolver:
                     "pii_encrypted": self.vault.encrypt_json(self.new[t].pii, PROFILE_PII_AAD)
                     if self.new[t].pii
                     else None,
+                    "name_index": name_index(self.new[t].pii, self.vault),
                     "created_at": now,
                     "updated_at": now,
                     "first_seen_at": self.new[t].first_seen_at,
@@ -314,9 +315,9 @@ class Resolver:
             ).all()
             real = dict(zip(temps, ids, strict=True))
         for profile_id, pii in self.pii.items():
-            self.existing[profile_id].pii_encrypted = (
-                self.vault.encrypt_json(pii, PROFILE_PII_AAD) if pii else None
-            )
+            profile = self.existing[profile_id]
+            profile.pii_encrypted = self.vault.encrypt_json(pii, PROFILE_PII_AAD) if pii else None
+            profile.name_index = name_index(pii, self.vault)
         for profile_id in self.touched:
             if profile_id > 0:
                 self.existing[profile_id].updated_at = now

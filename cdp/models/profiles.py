@@ -21,6 +21,8 @@ class Profile(db.Model):
     traits: Mapped[dict] = mapped_column(JSONType, default=dict)
     # Identifying traits (name, address, id numbers) as one AEAD-encrypted JSON blob.
     pii_encrypted: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    # Keyed blind index of the full name, so people can be found by exact name without clear text.
+    name_index: Mapped[str | None] = mapped_column(sa.String(64), index=True)
     # Event time each trait (PII ones included, by key only) was last set: latest wins.
     trait_times: Mapped[dict] = mapped_column(JSONType, default=dict, server_default="{}")
     merged_into_id: Mapped[int | None] = mapped_column(

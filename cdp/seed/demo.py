@@ -25,7 +25,7 @@ from cdp.db import db, transaction, utcnow
 from cdp.exceptions import ValidationFailed
 from cdp.models import Event, Identity, Profile, Source
 from cdp.pii import PiiVault, vault
-from cdp.profiles import encrypt_profile_pii
+from cdp.profiles import encrypt_profile_pii, name_index
 from cdp.seed import vocab
 from cdp.sources import SOURCE_KINDS, create_source
 
@@ -43,7 +43,7 @@ URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 EVENT_COLUMNS = ("source_id", "message_id", "profile_id", "type", "name", "timestamp")
 EVENT_COLUMNS += ("received_at", "properties", "context")
 PROFILE_COLUMNS = ("id", "kind", "traits", "pii_encrypted", "merged_into_id", "created_at")
-PROFILE_COLUMNS += ("updated_at", "first_seen_at", "last_seen_at")
+PROFILE_COLUMNS += ("updated_at", "first_seen_at", "last_seen_at", "name_index")
 IDENTITY_COLUMNS = ("profile_id", "type", "namespace", "value_index", "value_encrypted")
 IDENTITY_COLUMNS += ("source_id", "created_at")
 
@@ -338,6 +338,7 @@ class _Generator:
             traits["member_since"] = joined.astimezone(CST).date().isoformat()
         blob = encrypt_profile_pii(pii, self.vault)
         values = (person.id, kind, traits, blob, None, first, last, first, last)
+        values += (name_index(pii, self.vault),)
         self.profiles.append(dict(zip(PROFILE_COLUMNS, values, strict=True)))
         for type_, namespace, value_index, encrypted, channel in person.identities:
             source_id, created = self.source_ids[channel], first_on.get(channel, first)

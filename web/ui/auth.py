@@ -61,7 +61,10 @@ def logout():
     if form.validate_on_submit():
         accounts.end_session(current_actor(), current_user.session_id)
         logout_user()
+        locale = session.get("locale")
         session.clear()
+        if locale:  # the language is a preference of the browser, not of the login
+            session["locale"] = locale
     return redirect(url_for("auth.login"))
 
 

@@ -17,5 +17,5 @@ class LogoutForm(FlaskForm):
 
 
 class LocaleForm(FlaskForm):
-    locale = SelectField(choices=[("zh_CN", "简体中文"), ("en", "English")])
+    locale = SelectField(choices={"zh_CN": "简体中文", "en": "English"})
     next = HiddenField()

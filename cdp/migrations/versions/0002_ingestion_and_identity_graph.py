@@ -185,6 +185,8 @@ def upgrade():
         )
 
     with op.batch_alter_table("profiles", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("name_index", sa.String(length=64), nullable=True))
+        batch_op.create_index(batch_op.f("ix_profiles_name_index"), ["name_index"], unique=False)
         batch_op.add_column(
             sa.Column(
                 "trait_times",
@@ -252,6 +254,8 @@ def downgrade():
         batch_op.drop_column("default_profile_kind")
 
     with op.batch_alter_table("profiles", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_profiles_name_index"))
+        batch_op.drop_column("name_index")
         batch_op.drop_column("trait_times")
 
     with op.batch_alter_table("violations", schema=None) as batch_op:
