@@ -7,9 +7,16 @@ import sqlalchemy as sa
 
 from cdp.actors import SYSTEM
 from cdp.db import db
+from cdp.exceptions import Conflict
+from cdp.identity.merges import unmerge
 from cdp.ingest.pipeline import ingest
 from cdp.models import Event, Identity, IdentityConflict, Merge, OutboxBatch, Profile, Violation
-from cdp.profiles import decrypt_profile_pii
+from cdp.profiles import (
+    decrypt_profile_pii,
+    find_by_identifier,
+    identifiers_of,
+    search_profiles,
+)
 from cdp.sources import create_source
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -287,8 +294,6 @@ def test_pii_is_not_stored_in_event_rows(source):
 
 
 def test_unmerge_restores_the_exact_prior_state(source):
-    from cdp.identity.merges import unmerge
-
     ingest(
         source,
         [
@@ -355,16 +360,11 @@ def test_unmerge_restores_the_exact_prior_state(source):
     assert idents == before[1]
     assert [e for e in events if e[0] != merged_event.id] == before[2]
     assert db.session.get(Merge, merge.id).undone_at is not None
-    from cdp.identity.merges import unmerge as again
-    from cdp.exceptions import Conflict
-
     with pytest.raises(Conflict):
-        again(SYSTEM, merge.merged_id, merge.id)
+        unmerge(SYSTEM, merge.merged_id, merge.id)
 
 
 def test_lookup_by_phone_and_search_by_name(source):
-    from cdp.profiles import find_by_identifier, identifiers_of, search_profiles
-
     ingest(
         source,
         [{"type": "identify", "userId": "u9", "traits": {"phone": "13911112222", "name": "王 芳"}}],
