@@ -9,7 +9,7 @@ from cdp.auth import accounts
 from cdp.auth.permissions import ROLE_PERMISSIONS, allowed
 from cdp.db import db
 from cdp.models import AuditEntry, User, UserSession
-from tests.conftest import TEST_PASSWORD, csrf_token_from, make_user
+from tests.conftest import TEST_PASSWORD, AuthActions, csrf_token_from, make_app, make_user
 
 ALERT = re.compile(r'class="alert error"[^>]*>([^<]+)<')
 
@@ -144,3 +144,15 @@ def test_permission_table_gives_each_role_its_areas():
     assert allowed("analyst", "models:edit")
     assert ROLE_PERMISSIONS["partner"] == {"partner:api"}
     assert not allowed(None, "dashboard:view")
+
+
+@pytest.mark.services
+def test_login_rate_limit_is_shared_through_redis_across_processes(app, redis_url):
+    """Two app instances (two gunicorn workers) count failed logins in the same Redis."""
+    database = app.config["SQLALCHEMY_DATABASE_URI"]
+    apps = [make_app(database, REDIS_URL=redis_url) for _ in range(2)]
+    assert apps[0].config["RATELIMIT_STORAGE_URI"] == redis_url
+    actors = [AuthActions(a.test_client(), a) for a in apps]
+    statuses = [actors[i % 2].login(password=f"wrong-{i}-password").status_code for i in range(11)]
+    assert statuses[:10] == [401] * 10
+    assert statuses[10] == 429

@@ -24,16 +24,16 @@ def test_readyz_is_503_when_the_database_is_unreachable(tmp_path):
     assert response.json["checks"]["database"] is False
 
 
-def test_readyz_is_503_when_redis_is_configured_but_down(app, migrated_sqlite, tmp_path):
-    app = make_app(f"sqlite:///{migrated_sqlite}", REDIS_URL="redis://127.0.0.1:9/0")
+def test_readyz_is_503_when_redis_is_configured_but_down(app):
+    app = make_app(app.config["SQLALCHEMY_DATABASE_URI"], REDIS_URL="redis://127.0.0.1:9/0")
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["checks"] == {"database": True, "redis": False}
 
 
 @pytest.mark.services
-def test_readyz_with_real_redis(migrated_sqlite, redis_url):
-    app = make_app(f"sqlite:///{migrated_sqlite}", REDIS_URL=redis_url)
+def test_readyz_with_real_redis(app, redis_url):
+    app = make_app(app.config["SQLALCHEMY_DATABASE_URI"], REDIS_URL=redis_url)
     response = app.test_client().get("/readyz")
     assert response.status_code == 200
     assert response.json["checks"] == {"database": True, "redis": True}
