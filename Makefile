@@ -38,7 +38,7 @@ $(BIN)/python:
 
 $(RUNTIME_STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $@
 
 $(DEV_STAMP): requirements-dev.txt $(RUNTIME_STAMP)
