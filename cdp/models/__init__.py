@@ -1,6 +1,7 @@
 """Every core model, imported in one place so Alembic and the app see the whole schema."""
 
 from cdp.models.audit import AuditEntry
+from cdp.models.consent import ConsentRecord, ConsentState
 from cdp.models.events import Event
 from cdp.models.identity import BlockedIdentifier, IdentityConflict, Merge
 from cdp.models.ingest import OutboxBatch, Violation
@@ -14,6 +15,8 @@ __all__ = [
     "ROLES",
     "ApiToken",
     "BlockedIdentifier",
+    "ConsentRecord",
+    "ConsentState",
     "IdentityConflict",
     "Merge",
     "OutboxBatch",
