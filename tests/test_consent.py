@@ -53,3 +53,25 @@ def test_unknown_purpose_is_refused(people):
     with pytest.raises(ValidationFailed) as excinfo:
         record_consent(SYSTEM, people[0], "lottery", "sms", "granted")
     assert excinfo.value.field == "purpose"
+
+
+def test_consent_follows_a_merge_and_its_undo(app_ctx):
+    from cdp.identity.merges import unmerge
+    from cdp.ingest.pipeline import ingest
+    from cdp.models import Merge
+    from cdp.sources import create_source
+
+    source = create_source(SYSTEM, "s", "http")[0]
+    ingest(source, [{"type": "identify", "anonymousId": "a", "traits": {"phone": "13700003333"}}])
+    ingest(source, [{"type": "identify", "userId": "u"}])
+    phone_owner, user = db.session.scalars(sa.select(Profile.id).order_by(Profile.id)).all()
+    # The newer profile's consent must move to the survivor (the older profile).
+    record_consent(SYSTEM, user, "marketing", "sms", "granted", at=T0)
+    db.session.commit()
+    ingest(source, [{"type": "identify", "userId": "u", "traits": {"phone": "13700003333"}}])
+    merge = db.session.scalar(sa.select(Merge))
+    assert (merge.survivor_id, merge.merged_id) == (phone_owner, user)
+    assert has_consent(phone_owner, "marketing", "sms")
+    unmerge(SYSTEM, user)
+    assert has_consent(user, "marketing", "sms")
+    assert not has_consent(phone_owner, "marketing", "sms")

@@ -11,6 +11,7 @@ from cdp.actors import Actor
 from cdp.auth.permissions import require
 from cdp.db import db, transaction, utcnow
 from cdp.exceptions import Conflict, NotFound
+from cdp.identity.consents import move_consent_records, rebuild_consent_state
 from cdp.models import Event, Identity, Merge, Profile
 from cdp.profiles import decrypt_profile_pii, name_index
 
@@ -81,6 +82,9 @@ def unmerge(actor: Actor, profile_id: int, merge_id: int | None = None) -> Merge
             raise Conflict("the merged profile changed since; undo later merges first", "merge_id")
         _move_back(Identity, merge.moved_identity_ids, survivor.id, merged.id)
         _move_back(Event, merge.moved_event_ids, survivor.id, merged.id)
+        if merge.moved_consent_ids:
+            move_consent_records(session, merge.moved_consent_ids, survivor.id, merged.id)
+            rebuild_consent_state(session, [survivor.id, merged.id])
         later = session.scalar(
             sa.select(Merge.id).where(
                 Merge.survivor_id == survivor.id, Merge.id > merge.id, Merge.undone_at.is_(None)

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from cdp import audit
 from cdp.actors import Actor
 from cdp.db import utcnow
+from cdp.identity.consents import move_consent_records, rebuild_consent_state
 from cdp.identity.traits import apply_by_time, merge_by_time
 from cdp.identity.types import Identifier
 from cdp.models import Event, Identity, IdentityConflict, Merge, Profile
@@ -216,6 +217,9 @@ class Resolver:
         self.session.execute(
             sa.update(Event).where(Event.profile_id == loser).values(profile_id=survivor)
         )
+        moved_consents = move_consent_records(self.session, None, loser, survivor)
+        if moved_consents:
+            rebuild_consent_state(self.session, [survivor, loser])
         before = {
             "traits": dict(kept.traits),
             "trait_times": dict(kept.trait_times or {}),
@@ -231,6 +235,7 @@ class Resolver:
                 linked_by=linked_by,
                 moved_identity_ids=moved_identities,
                 moved_event_ids=moved_events,
+                moved_consent_ids=moved_consents,
                 survivor_before=before,
                 survivor_pii_before=kept.pii_encrypted,
             )

@@ -29,6 +29,7 @@ class Merge(db.Model):
     linked_by: Mapped[list] = mapped_column(JSONType, default=list)
     moved_identity_ids: Mapped[list] = mapped_column(JSONType, default=list)
     moved_event_ids: Mapped[list] = mapped_column(JSONType, default=list)
+    moved_consent_ids: Mapped[list] = mapped_column(JSONType, default=list, server_default="[]")
     # Traits (plain and encrypted) of both profiles before the merge, to restore on undo.
     survivor_before: Mapped[dict] = mapped_column(JSONType, default=dict)
     survivor_pii_before: Mapped[bytes | None] = mapped_column(sa.LargeBinary)

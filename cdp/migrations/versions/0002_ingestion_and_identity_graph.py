@@ -90,6 +90,12 @@ def upgrade():
             nullable=False,
         ),
         sa.Column(
+            "moved_consent_ids",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            server_default="[]",
+            nullable=False,
+        ),
+        sa.Column(
             "survivor_before",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
