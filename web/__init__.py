@@ -11,6 +11,7 @@ from web import errors, i18n, labels, session_auth
 from web.api import register_api
 from web.extensions import babel, csrf, limiter, login_manager
 from web.ui import BLUEPRINTS as UI_BLUEPRINTS
+from web.ui import navigation
 
 
 def _assign_request_id() -> None:
@@ -72,3 +73,4 @@ def init_app(app: Flask) -> None:
     errors.init_app(app)
     i18n.init_app(app)
     labels.init_app(app)
+    navigation.init_app(app)

@@ -5,10 +5,18 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from web.api import jobs, me, sources, users
+from web.api import identity, jobs, me, profiles, sources, users
 from web.extensions import csrf
 
-API_BLUEPRINTS = (me.bp, users.bp, sources.bp, jobs.bp)
+API_BLUEPRINTS = (
+    me.bp,
+    users.bp,
+    sources.bp,
+    jobs.bp,
+    profiles.bp,
+    identity.merges_bp,
+    identity.violations_bp,
+)
 
 
 def register_api(app: Flask) -> None:

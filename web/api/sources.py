@@ -1,25 +1,36 @@
-"""/api/v1/sources: list and create data sources."""
+"""/api/v1/sources: list (with stats), create, and rotate the write key of data sources."""
 
 from flask import current_app
 from flask.views import MethodView
 
-from cdp.sources import create_source, endpoint_urls, list_sources, masked_options
+from cdp.sources import (
+    create_source,
+    endpoint_urls,
+    list_sources,
+    masked_options,
+    rotate_write_key,
+    source_stats,
+)
 from web.api.auth import api_blueprint, api_requires
-from web.api.schemas import SourceCreatedSchema, SourceSchema
+from web.api.schemas import RotatedKeySchema, SourceCreatedSchema, SourceSchema
 from web.session_auth import current_actor
 
 bp = api_blueprint("sources", __name__, "Data sources")
 
+_NO_STATS = {"events": 0, "violations": 0, "last_event_at": None}
 
-def _dump(source, **extra) -> dict:
+
+def _dump(source, stats=None, **extra) -> dict:
     return {
         "id": source.id,
         "name": source.name,
         "kind": source.kind,
+        "default_profile_kind": source.default_profile_kind,
         "options": masked_options(source),
         "enabled": source.enabled,
         "created_at": source.created_at,
         "urls": endpoint_urls(source, current_app.config["PUBLIC_URL"]),
+        **(stats or _NO_STATS),
         **extra,
     }
 
@@ -29,8 +40,10 @@ class Sources(MethodView):
     @api_requires("sources:view")
     @bp.response(200, SourceSchema(many=True))
     def get(self):
-        """List sources with masked options and endpoint URLs."""
-        return [_dump(s) for s in list_sources()]
+        """List sources with masked options, endpoint URLs and event/violation counts."""
+        sources = list_sources()
+        stats = source_stats([s.id for s in sources])
+        return [_dump(s, stats[s.id]) for s in sources]
 
     @api_requires("sources:edit")
     @bp.arguments(SourceSchema)
@@ -38,6 +51,20 @@ class Sources(MethodView):
     def post(self, data):
         """Create a source; its write key (if the kind has one) is returned once."""
         source, write_key = create_source(
-            current_actor(), data["name"], data["kind"], data["options"]
+            current_actor(),
+            data["name"],
+            data["kind"],
+            data["options"],
+            default_profile_kind=data["default_profile_kind"],
         )
         return _dump(source, write_key=write_key)
+
+
+@bp.route("/<source_id>/rotate-key")
+class RotateKey(MethodView):
+    @api_requires("sources:edit")
+    @bp.response(200, RotatedKeySchema)
+    def post(self, source_id):
+        """Issue a new write key (returned once); the old key stops working immediately."""
+        source, write_key = rotate_write_key(current_actor(), source_id)
+        return {"id": source.id, "write_key": write_key}

@@ -1,5 +1,5 @@
 """UI blueprints, listed once so the app registers them in one place."""
 
-from web.ui import areas, auth, dashboard, system
+from web.ui import areas, auth, dashboard, profiles, system
 
-BLUEPRINTS = (auth.bp, dashboard.bp, areas.bp, system.bp)
+BLUEPRINTS = (auth.bp, dashboard.bp, areas.bp, profiles.bp, system.bp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask_babel import lazy_gettext as _l
+from flask_login import current_user
 
 from cdp.auth.permissions import allowed
 
@@ -33,3 +34,13 @@ NAV_ITEMS = (
 
 def visible_items(role: str | None) -> list[NavItem]:
     return [item for item in NAV_ITEMS if allowed(role, item.permission)]
+
+
+def _navigation_context() -> dict:
+    role = current_user.role if current_user.is_authenticated else None
+    return {"nav_items": visible_items(role)}
+
+
+def init_app(app) -> None:
+    """Give every template the navigation items the current user may see."""
+    app.context_processor(_navigation_context)
