@@ -7,5 +7,7 @@ from connectors import segment_api
 
 
 def init_app(app: Flask) -> None:
-    """Register every connector's source kind (and, later, its endpoints)."""
+    """Register every connector's source kind and endpoints."""
     register_kind(segment_api.HttpSourceKind())
+    app.config.setdefault("SOURCE_RATE_LIMIT", segment_api.DEFAULT_SOURCE_RATE_LIMIT)
+    app.register_blueprint(segment_api.bp)
