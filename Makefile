@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 run: $(RUNTIME_STAMP)
 	$(BIN)/cdp db upgrade
 	$(BIN)/cdp seed-demo --if-empty
+	$(BIN)/cdp loyalty seed-demo --if-empty
 	$(BIN)/cdp serve
 
 test: $(DEV_STAMP)

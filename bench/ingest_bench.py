@@ -19,9 +19,16 @@ For each database (a fresh migrated SQLite file, and the PostgreSQL database giv
 3. sends single ``/v1/track`` calls at a fixed rate (open loop, latency measured from
    the scheduled send time) and prints p50/p99.
 
-Without ``--redis`` the servers run in the embedded default mode: each web process also
-runs the downstream jobs (one per committed batch) in a thread. With ``--redis URL`` the
-jobs are queued there and left for ``cdp worker`` processes, which the bench does not run.
+Downstream jobs are not run during the bench: without ``--redis`` each web process queues
+them in its in-memory queue (gunicorn does not start the embedded worker, ``cdp serve``
+does); with ``--redis URL`` they are queued there for ``cdp worker`` processes. Either way
+this measures ingestion alone (one queued drain job at a time, see cdp/ingest/tasks.py).
+
+On PostgreSQL the tables are ANALYZEd after the warm-up, as autovacuum would have done in
+any database older than a minute (without statistics the planner may cache seq-scan plans).
+
+Besides wall-clock rates it prints the CPU the gunicorn processes used per event: the
+machine is often shared, and CPU per event is steadier than events per second.
 
 Targets (docs/performance.md): >= 20,000 events/s; /v1/track p99 < 20 ms at 300 req/s.
 """
@@ -100,6 +107,20 @@ class Server:
                     return self
             time.sleep(0.1)
         raise SystemExit("gunicorn did not start:\n" + self.log.read_text()[-3000:])
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the master and its workers so far (Linux /proc)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        pids = [self.process.pid]
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            pids += [int(pid) for pid in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
 
     def __exit__(self, *exc) -> None:
         if self.process and self.process.poll() is None:
@@ -268,6 +289,16 @@ def raw_inserts(app, source_id: str, rows: int) -> dict:
     return timings
 
 
+def analyze(url: str) -> None:
+    """Collect planner statistics, as autovacuum does within a minute in a real database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    engine.dispose()
+
+
 def run_cdp(env: dict, *args: str) -> str:
     done = subprocess.run(
         [str(BIN / "cdp"), *args], env=env, cwd=REPO, capture_output=True, text=True
@@ -289,8 +320,8 @@ def bench_database(label: str, url: str, args, workdir: Path) -> None:
     if args.redis:
         # Jobs queue in Redis (no worker runs during the bench): measures ingestion alone.
         env["CDP_REDIS_URL"] = args.redis
-    mode = "jobs queued in Redis" if args.redis else "embedded job worker in each web process"
-    print(f"   mode: {mode}")
+    mode = "jobs queued in Redis" if args.redis else "jobs queued in each web process's memory"
+    print(f"   mode: {mode} (not run during the bench)")
     run_cdp(env, "db", "upgrade")
     created = json.loads(
         run_cdp(env, "sources", "create", "--name", "bench", "--kind", "http", "--json")
@@ -304,9 +335,13 @@ def bench_database(label: str, url: str, args, workdir: Path) -> None:
     with Server(env, args.workers, log) as server:
         # Warm up both workers (imports, first connections, schema caches).
         drive_batches(server.port, key, people, args.clients, 0, args.clients * 2, run + "w")
+        if url.startswith("postgresql"):
+            analyze(url)
+        cpu = server.cpu_seconds()
         result = drive_batches(
             server.port, key, people, args.clients, args.seconds, args.batches, run
         )
+        cpu = server.cpu_seconds() - cpu
         lat = result["latencies"]
         rate = result["events"] / result["seconds"]
         print(
@@ -315,14 +350,20 @@ def bench_database(label: str, url: str, args, workdir: Path) -> None:
             f"{rate:,.0f} events/s; batch latency p50 {percentile(lat, 0.5) * 1000:.0f} ms, "
             f"p99 {percentile(lat, 0.99) * 1000:.0f} ms; statuses {result['statuses']}"
         )
+        per_event = cpu / max(result["events"], 1) * 1e6
+        print(f"  gunicorn CPU {cpu:.1f} s = {per_event:,.0f} µs per event")
         print(f"  people: {people.count:,} distinct")
+        cpu = server.cpu_seconds()
         track = drive_track(server.port, key, people, args.track_rate, args.track_seconds, run)
+        cpu = server.cpu_seconds() - cpu
         tl = track["latencies"]
+        slow = sum(1 for t in tl if t > 0.020) / max(len(tl), 1)
         print(
             f"/v1/track at {args.track_rate} req/s for {args.track_seconds} s: "
             f"{track['sent']} sent, p50 {percentile(tl, 0.5) * 1000:.1f} ms, "
-            f"p99 {percentile(tl, 0.99) * 1000:.1f} ms, max {max(tl) * 1000:.0f} ms; "
-            f"statuses {track['statuses']}"
+            f"p99 {percentile(tl, 0.99) * 1000:.1f} ms, max {max(tl) * 1000:.0f} ms, "
+            f"{slow:.1%} over 20 ms; statuses {track['statuses']}; "
+            f"gunicorn CPU {cpu / max(track['sent'], 1) * 1e3:.2f} ms per request"
         )
     from cdp import create_app
 

@@ -107,10 +107,20 @@ def finalize(config: dict) -> None:
         config.setdefault("REMEMBER_COOKIE_SECURE", True)
     else:
         config.setdefault("SESSION_COOKIE_NAME", "cdp_session")
-    if config.get("SQLALCHEMY_DATABASE_URI", "").startswith("sqlite"):
+    url = config.get("SQLALCHEMY_DATABASE_URI", "")
+    if url.startswith("sqlite"):
         # SQLite serialises writers anyway; a long busy timeout beats "database is locked".
+        # (Ingestion waits less for the write lock: cdp.ingest.pipeline.SQLITE_LOCK_WAIT_MS.)
         opts = dict(config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
         opts.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        config["SQLALCHEMY_ENGINE_OPTIONS"] = opts
+    elif url.startswith("postgresql"):
+        # An unreachable server must fail a request fast (503 + Retry-After within ~2 s), not
+        # after the OS's TCP connect timeout (minutes when packets are dropped).
+        opts = dict(config.get("SQLALCHEMY_ENGINE_OPTIONS") or {})
+        connect_args = dict(opts.get("connect_args") or {})
+        connect_args.setdefault("connect_timeout", 2)
+        opts["connect_args"] = connect_args
         config["SQLALCHEMY_ENGINE_OPTIONS"] = opts
     if config.get("EMBEDDED_WORKER") is None:
         config["EMBEDDED_WORKER"] = not config.get("REDIS_URL")

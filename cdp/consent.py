@@ -8,9 +8,12 @@ import sqlalchemy as sa
 
 from cdp import audit
 from cdp.actors import Actor
-from cdp.db import db, utcnow
-from cdp.exceptions import ValidationFailed
+from cdp.auth.permissions import require
+from cdp.db import db, transaction, utcnow
+from cdp.exceptions import NotFound, ValidationFailed
 from cdp.models.consent import CHANNELS, PURPOSES, STATUSES, ConsentRecord, ConsentState
+from cdp.models.profiles import Profile
+from cdp.profiles import live_profile_id
 
 
 def _check(purpose: str, channel: str, status: str) -> None:
@@ -103,3 +106,62 @@ def granted_profiles(purpose: str, channel: str = "*") -> sa.Select:
         ConsentState.status == "granted",
         ConsentState.profile_id.not_in(withdrawn),
     )
+
+
+def has_refused(profile_id: int, purpose: str, channel: str = "*") -> bool:
+    """True when the person's current answer for the purpose (on the channel or '*') is a no."""
+    state = current_consents(profile_id)
+    return "withdrawn" in (state.get((purpose, channel)), state.get((purpose, "*")))
+
+
+def refused_profiles(purpose: str, channel: str = "*") -> sa.Select:
+    """SELECT of profile ids whose current answer is a withdrawal (e.g. PIPL Art. 24 refusals).
+
+    Segments and propensity scoring exclude ``refused_profiles("automated_marketing")``.
+    """
+    channels = (channel, "*") if channel != "*" else ("*",)
+    return sa.select(ConsentState.profile_id).where(
+        ConsentState.purpose == purpose,
+        ConsentState.channel.in_(channels),
+        ConsentState.status == "withdrawn",
+    )
+
+
+def consent_history(profile_id: int, limit: int | None = None) -> list[ConsentRecord]:
+    """Every grant and withdrawal of a profile, newest first."""
+    query = (
+        sa.select(ConsentRecord)
+        .where(ConsentRecord.profile_id == profile_id)
+        .order_by(ConsentRecord.recorded_at.desc(), ConsentRecord.id.desc())
+    )
+    return list(db.session.scalars(query.limit(limit) if limit else query))
+
+
+def consent_states(profile_id: int) -> list[ConsentState]:
+    return list(
+        db.session.scalars(
+            sa.select(ConsentState)
+            .where(ConsentState.profile_id == profile_id)
+            .order_by(ConsentState.purpose, ConsentState.channel)
+        )
+    )
+
+
+def set_consent(
+    actor: Actor,
+    profile_id: int,
+    purpose: str,
+    channel: str,
+    status: str,
+    evidence: dict | None = None,
+    at: datetime | None = None,
+) -> ConsentRecord:
+    """Record a grant or withdrawal made outside the event stream (API, UI, paper form)."""
+    require(actor, "consents:edit")
+    live = live_profile_id(profile_id)
+    if live is None or db.session.get(Profile, live) is None:
+        raise NotFound("no such profile", "profile_id")
+    if at is not None and at > utcnow():
+        raise ValidationFailed("a consent cannot be recorded in the future", "at")
+    with transaction():
+        return record_consent(actor, live, purpose, channel, status, at=at, evidence=evidence)

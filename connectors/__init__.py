@@ -3,7 +3,7 @@
 from flask import Flask
 
 from cdp.sources import register_kind
-from connectors import segment_api
+from connectors import channels, pharmacy, segment_api
 
 
 def init_app(app: Flask) -> None:
@@ -11,3 +11,5 @@ def init_app(app: Flask) -> None:
     register_kind(segment_api.HttpSourceKind())
     app.config.setdefault("SOURCE_RATE_LIMIT", segment_api.DEFAULT_SOURCE_RATE_LIMIT)
     app.register_blueprint(segment_api.bp)
+    pharmacy.init_app(app)
+    channels.init_app(app)

@@ -22,6 +22,7 @@ NAV_ZH = {
     "/models": "模型",
     "/sources": "数据源",
     "/audit": "审计日志",
+    "/privacy": "隐私",
     "/settings": "设置",
     "/system/health": "系统状态",
 }
@@ -183,6 +184,7 @@ def test_dashboard_switches_to_english(client, auth, admin):
         "Models",
         "Sources",
         "Audit",
+        "Privacy",
         "Settings",
         "Health",
     ]

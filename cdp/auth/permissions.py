@@ -5,7 +5,10 @@ from __future__ import annotations
 from cdp.actors import Actor
 from cdp.exceptions import PermissionDenied
 
-# Permission names are "<area>:<verb>"; admin holds every permission.
+# Permission names are "<area>:<verb>"; admin holds every permission. Admin-only ones include
+# users:edit, profiles:pii, profiles:unmerge, consents:edit, privacy:view, privacy:export,
+# privacy:erase, privacy:retention, privacy:keys and loyalty:partners (docs/security.md has
+# the whole matrix).
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "marketer": frozenset(
         {
@@ -13,19 +16,30 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "profiles:view",
             "segments:view",
             "segments:edit",
+            "segments:export",
             "journeys:view",
             "journeys:edit",
             "content:view",
             "content:edit",
+            "content:preview",
+            "consents:view",
             "loyalty:view",
             "loyalty:edit",
+            "loyalty:points",
             "models:view",
             "sources:view",
             "jobs:view",
         }
     ),
     "reviewer": frozenset(
-        {"dashboard:view", "content:view", "content:review", "journeys:view", "jobs:view"}
+        {
+            "dashboard:view",
+            "content:view",
+            "content:review",
+            "content:preview",
+            "journeys:view",
+            "jobs:view",
+        }
     ),
     "analyst": frozenset(
         {
@@ -33,8 +47,11 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "profiles:view",
             "segments:view",
             "segments:edit",
+            "segments:export",
             "models:view",
             "models:edit",
+            "consents:view",
+            "loyalty:view",
             "jobs:view",
         }
     ),

@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from cdp.commands import accounts, audit, runtime, seed, sources
+from cdp.commands import accounts, audit, content, loyalty, privacy, runtime, seed, sources
 
 
 def init_app(app: Flask) -> None:
@@ -14,5 +14,8 @@ def init_app(app: Flask) -> None:
         runtime.worker,
         runtime.serve,
         seed.seed_demo,
+        privacy.privacy_group,
+        content.content_group,
+        *(loyalty.partners_group, loyalty.loyalty_group),
     ):
         app.cli.add_command(command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from flask import current_app
@@ -20,16 +20,20 @@ class BlockList:
     exact: dict[str | None, set[str]]
     patterns: list[tuple[str | None, re.Pattern]]
     loaded_at: float
+    # Per identifier type: its exact values (with the untyped ones) and the patterns that apply.
+    # Checked for every identifier of every event, so worked out once per type.
+    _by_type: dict[str, tuple[frozenset, tuple]] = field(default_factory=dict, repr=False)
 
     def blocks(self, type_: str, value: str) -> bool:
-        folded = value.strip().lower()
-        for scope in (None, type_):
-            if folded in self.exact.get(scope, ()) or value in self.exact.get(scope, ()):
-                return True
-        return any(
-            (scope is None or scope == type_) and pattern.search(value)
-            for scope, pattern in self.patterns
-        )
+        rules = self._by_type.get(type_)
+        if rules is None:
+            exact = frozenset(self.exact.get(None, ())) | frozenset(self.exact.get(type_, ()))
+            patterns = tuple(p for scope, p in self.patterns if scope is None or scope == type_)
+            rules = self._by_type[type_] = (exact, patterns)
+        exact, patterns = rules
+        if value in exact or value.strip().lower() in exact:
+            return True
+        return any(pattern.search(value) for pattern in patterns)
 
 
 def current_blocklist() -> BlockList:

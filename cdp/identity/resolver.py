@@ -8,21 +8,35 @@ priority) identifier is dropped from the link and a conflict is recorded. New
 identifiers are attached unless they would break a limit. Profiles first seen
 in the batch get temporary negative ids and are inserted in one statement at
 the end, so first-sight links inside a batch cost no merge.
+
+This is the hot path of ingestion, so stored profiles are read as plain rows (only
+the columns resolution needs) and written back with one Core ``executemany`` per
+statement shape instead of the ORM's per-object flush. On PostgreSQL the profiles
+are read ``FOR NO KEY UPDATE`` (in id order, so concurrent batches cannot deadlock
+on them): their traits are rewritten from what was read, which must not be stale.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
 
 from cdp import audit
 from cdp.actors import Actor
-from cdp.db import utcnow
+from cdp.db import lock_names, utcnow
 from cdp.identity.consents import move_consent_records, rebuild_consent_state
-from cdp.identity.traits import apply_by_time, merge_by_time
+from cdp.identity.traits import (
+    STORED_COLUMNS,
+    NewProfile,
+    StoredProfile,
+    apply_by_time,
+    earliest,
+    iso,
+    latest,
+    merge_by_time,
+)
 from cdp.identity.types import Identifier
 from cdp.models import Event, Identity, IdentityConflict, Merge, Profile
 from cdp.pii import PiiVault
@@ -30,21 +44,48 @@ from cdp.profiles import PROFILE_PII_AAD, name_index
 
 PII_PREFIX = "pii."
 _CHUNK = 500
+_PROFILES = Profile.__table__
+_IDENTITIES = Identity.__table__
+# Statements are built once: building and hashing (for the compiled cache) a statement
+# per call costs more than running it on small batches.
+_FIND_OWNERS = sa.select(
+    _IDENTITIES.c.type, _IDENTITIES.c.namespace, _IDENTITIES.c.value_index, _IDENTITIES.c.profile_id
+).where(
+    # One (type, namespace) at a time, so it is an IN list on the unique index: a row-value
+    # IN ((type, namespace, value), ...) makes SQLite scan the whole table.
+    _IDENTITIES.c.type == sa.bindparam("b_type"),
+    _IDENTITIES.c.namespace == sa.bindparam("b_namespace"),
+    _IDENTITIES.c.value_index.in_(sa.bindparam("b_indexes", expanding=True)),
+)
+_LOAD_PROFILES = (
+    sa.select(*(_PROFILES.c[name] for name in STORED_COLUMNS))
+    .where(_PROFILES.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+    .order_by(_PROFILES.c.id)
+)
+_LOAD_AND_LOCK_PROFILES = _LOAD_PROFILES.with_for_update(key_share=True)  # FOR NO KEY UPDATE
+_LOAD_IDENTITIES = sa.select(
+    _IDENTITIES.c.profile_id, _IDENTITIES.c.type, _IDENTITIES.c.namespace, _IDENTITIES.c.value_index
+).where(_IDENTITIES.c.profile_id.in_(sa.bindparam("b_ids", expanding=True)))
+_INSERT_PROFILES = sa.insert(_PROFILES).returning(_PROFILES.c.id, sort_by_parameter_order=True)
+_INSERT_IDENTITIES = sa.insert(_IDENTITIES)
+# Core executemany UPDATE by id; the SET clause is the other keys of the parameter rows.
+_UPDATE_BY_ID = sa.update(_PROFILES).where(_PROFILES.c.id == sa.bindparam("b_id"))
 
 
-@dataclass
-class NewProfile:
-    kind: str
-    traits: dict = field(default_factory=dict)
-    trait_times: dict = field(default_factory=dict)
-    pii: dict = field(default_factory=dict)
-    first_seen_at: datetime | None = None
-    last_seen_at: datetime | None = None
+class StaleRead(Exception):
+    """What was read changed under us (another transaction); resolve the batch again."""
+
+
+def _chunks(items: list, size: int = _CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class Resolver:
     def __init__(self, session, vault: PiiVault, source_id: str, actor: Actor):
         self.session = session
+        self.conn = session.connection()
+        self.lock_rows = self.conn.dialect.name == "postgresql"
         self.vault = vault
         self.source_id = source_id
         self.actor = actor
@@ -52,42 +93,68 @@ class Resolver:
         self.kinds: dict[int, str] = {}
         self.slots: dict[int, dict[tuple, set]] = defaultdict(lambda: defaultdict(set))
         self.redirect: dict[int, int] = {}
-        self.existing: dict[int, Profile] = {}
+        self.existing: dict[int, StoredProfile] = {}
         self.new: dict[int, NewProfile] = {}
-        self.pii: dict[int, dict] = {}  # decrypted PII of profiles whose PII changed
+        self.pii: dict[int, dict] = {}  # decrypted PII of stored profiles whose PII was read
+        self.pii_loaded: dict[int, dict] = {}  # ... as it was read, to re-encrypt only changes
         self.new_identities: list[tuple[int, Identifier]] = []
         self.touched: set[int] = set()
+        self.merged: set[int] = set()
         self.merges = 0
         self.conflicts = 0
 
     # -- loading -----------------------------------------------------------------------
     def preload(self, identifiers: list[Identifier]) -> None:
         """Find the owners of every identifier of the batch, and those profiles' identifiers."""
-        keys = list({i.key for i in identifiers})
-        cols = (Identity.type, Identity.namespace, Identity.value_index)
-        for start in range(0, len(keys), _CHUNK):
-            chunk = keys[start : start + _CHUNK]
-            rows = self.session.execute(
-                sa.select(*cols, Identity.profile_id).where(sa.tuple_(*cols).in_(chunk))
-            )
-            for type_, namespace, index, profile_id in rows:
-                self.owner[(type_, namespace, index)] = profile_id
+        keys = {i.key for i in identifiers}
+        self._find_owners(keys)
+        new = keys - self.owner.keys()
+        if new and self.lock_rows:
+            # PostgreSQL: two batches seeing the same person for the first time would both
+            # create them, and the later one would fail on the unique index and be redone.
+            # Locking the new identifiers makes it wait for the earlier one's commit instead,
+            # then find the person it created. (SQLite's write lock already serialises.)
+            lock_names(self.conn, ["\x1f".join(key) for key in new])
+            self._find_owners(new)
         self._load_profiles(set(self.owner.values()))
 
+    def _find_owners(self, keys: set[tuple[str, str, str]]) -> None:
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for type_, namespace, index in keys:
+            groups[(type_, namespace)].append(index)
+        for (type_, namespace), indexes in groups.items():
+            for chunk in _chunks(indexes):
+                params = {"b_type": type_, "b_namespace": namespace, "b_indexes": chunk}
+                for _, _, index, profile_id in self.conn.execute(_FIND_OWNERS, params):
+                    self.owner[(type_, namespace, index)] = profile_id
+
     def _load_profiles(self, ids: set[int]) -> None:
-        ids = [i for i in ids if i > 0 and i not in self.existing]
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            for profile in self.session.scalars(sa.select(Profile).where(Profile.id.in_(chunk))):
-                self.existing[profile.id] = profile
-                self.kinds[profile.id] = profile.kind
-            rows = self.session.execute(
-                sa.select(
-                    Identity.profile_id, Identity.type, Identity.namespace, Identity.value_index
-                ).where(Identity.profile_id.in_(chunk))
-            )
-            for profile_id, type_, namespace, index in rows:
+        ids = sorted(i for i in ids if i > 0 and i not in self.existing)
+        load = _LOAD_AND_LOCK_PROFILES if self.lock_rows else _LOAD_PROFILES
+        merged_into: dict[int, int] = {}
+        for chunk in _chunks(ids):
+            for row in self.conn.execute(load, {"b_ids": chunk}):
+                profile = StoredProfile(**row._mapping)
+                profile.traits = dict(profile.traits or {})
+                profile.trait_times = dict(profile.trait_times or {})
+                self.existing[row.id] = profile
+                self.kinds[row.id] = row.kind
+                if row.merged_into_id is not None:
+                    merged_into[row.id] = row.merged_into_id
+            for profile_id, type_, namespace, index in self.conn.execute(
+                _LOAD_IDENTITIES, {"b_ids": chunk}
+            ):
                 self.slots[profile_id][(type_, namespace)].add(index)
+        missing = [i for i in ids if i not in self.existing]
+        if missing:  # deleted since its identifier was read (PostgreSQL, read committed)
+            raise StaleRead(f"{len(missing)} profile(s) went away during resolution")
+        # Merged away since its identifier was read (PostgreSQL, read committed): the profile
+        # it went into owns that identifier now.
+        for loser, survivor in merged_into.items():
+            if self.find(survivor) != loser:  # never follow a (corrupt) cycle
+                self.redirect[loser] = survivor
+        if merged_into:
+            self._load_profiles(set(merged_into.values()))
 
     # -- resolution ----------------------------------------------------------------------
     def find(self, profile_id: int | None) -> int | None:
@@ -223,8 +290,8 @@ class Resolver:
         before = {
             "traits": dict(kept.traits),
             "trait_times": dict(kept.trait_times or {}),
-            "first_seen_at": _iso(kept.first_seen_at),
-            "last_seen_at": _iso(kept.last_seen_at),
+            "first_seen_at": iso(kept.first_seen_at),
+            "last_seen_at": iso(kept.last_seen_at),
         }
         self.session.add(
             Merge(
@@ -245,10 +312,11 @@ class Resolver:
         pii = self.profile_pii(survivor)
         merge_by_time(pii, times, self.profile_pii(loser), gone.trait_times or {}, PII_PREFIX)
         kept.traits, kept.trait_times = traits, times
-        kept.first_seen_at = _earliest(kept.first_seen_at, gone.first_seen_at)
-        kept.last_seen_at = _latest(kept.last_seen_at, gone.last_seen_at)
+        kept.first_seen_at = earliest(kept.first_seen_at, gone.first_seen_at)
+        kept.last_seen_at = latest(kept.last_seen_at, gone.last_seen_at)
         gone.merged_into_id = survivor
-        gone.updated_at = utcnow()
+        gone.merged_at = utcnow()
+        self.merged.add(loser)
         audit.record(
             self.actor, "profile.merge", "profile", survivor, merged=loser, linked_by=linked_by
         )
@@ -264,7 +332,8 @@ class Resolver:
             return self.new[profile_id].pii
         if profile_id not in self.pii:
             blob = self.existing[profile_id].pii_encrypted
-            self.pii[profile_id] = self.vault.decrypt_json(blob, PROFILE_PII_AAD) if blob else {}
+            pii = self.vault.decrypt_json(blob, PROFILE_PII_AAD) if blob else {}
+            self.pii[profile_id], self.pii_loaded[profile_id] = pii, dict(pii)
         return self.pii[profile_id]
 
     def apply(self, profile_id, traits: dict, pii: dict, at: datetime | None, times=None) -> None:
@@ -273,8 +342,8 @@ class Resolver:
             target = self.new[profile_id]
             values, trait_times = target.traits, target.trait_times
         else:
-            target = self.existing[profile_id]
-            values, trait_times = dict(target.traits), dict(target.trait_times or {})
+            target = self.existing[profile_id]  # plain rows (copied when read): change in place
+            values, trait_times = target.traits, target.trait_times
         if times is not None:
             merge_by_time(values, trait_times, traits, times)
             merge_by_time(self.profile_pii(profile_id), trait_times, pii, times, PII_PREFIX)
@@ -282,50 +351,20 @@ class Resolver:
             apply_by_time(values, trait_times, traits, at)
             if pii:
                 apply_by_time(self.profile_pii(profile_id), trait_times, pii, at, PII_PREFIX)
-        if profile_id > 0:
-            target.traits, target.trait_times = values, trait_times
 
     def seen(self, profile_id: int, at: datetime | None) -> None:
         if at is None:
             return
         target = self.new[profile_id] if profile_id < 0 else self.existing[profile_id]
-        target.first_seen_at = _earliest(target.first_seen_at, at)
-        target.last_seen_at = _latest(target.last_seen_at, at)
+        target.first_seen_at = earliest(target.first_seen_at, at)
+        target.last_seen_at = latest(target.last_seen_at, at)
 
     # -- writing -------------------------------------------------------------------------
     def finish(self) -> dict[int, int]:
-        """Insert new profiles and identifiers; return temporary id -> real id."""
+        """Insert new profiles and identifiers, write changed profiles; return temp id -> real id."""
         now = utcnow()
-        real: dict[int, int] = {}
-        if self.new:
-            temps = sorted(self.new, reverse=True)
-            rows = [
-                {
-                    "kind": self.new[t].kind,
-                    "traits": self.new[t].traits,
-                    "trait_times": self.new[t].trait_times,
-                    "pii_encrypted": self.vault.encrypt_json(self.new[t].pii, PROFILE_PII_AAD)
-                    if self.new[t].pii
-                    else None,
-                    "name_index": name_index(self.new[t].pii, self.vault),
-                    "created_at": now,
-                    "updated_at": now,
-                    "first_seen_at": self.new[t].first_seen_at,
-                    "last_seen_at": self.new[t].last_seen_at,
-                }
-                for t in temps
-            ]
-            ids = self.session.scalars(
-                sa.insert(Profile).returning(Profile.id, sort_by_parameter_order=True), rows
-            ).all()
-            real = dict(zip(temps, ids, strict=True))
-        for profile_id, pii in self.pii.items():
-            profile = self.existing[profile_id]
-            profile.pii_encrypted = self.vault.encrypt_json(pii, PROFILE_PII_AAD) if pii else None
-            profile.name_index = name_index(pii, self.vault)
-        for profile_id in self.touched:
-            if profile_id > 0:
-                self.existing[profile_id].updated_at = now
+        real = self._insert_new_profiles(now)
+        self._update_profiles(now)
         identity_rows = []
         for profile_id, ident in self.new_identities:
             final = self.find(profile_id)
@@ -343,24 +382,54 @@ class Resolver:
                 }
             )
         if identity_rows:
-            self.session.execute(sa.insert(Identity), identity_rows)
-        self.session.flush()
+            self.conn.execute(_INSERT_IDENTITIES, identity_rows)
+        self.session.flush()  # conflicts, merges and audit rows were added through the ORM
         return real
+
+    def _insert_new_profiles(self, now: datetime) -> dict[int, int]:
+        if not self.new:
+            return {}
+        temps = sorted(self.new, reverse=True)
+        rows = [
+            {
+                "kind": new.kind,
+                "traits": new.traits,
+                "trait_times": new.trait_times,
+                "pii_encrypted": self.vault.encrypt_json(new.pii, PROFILE_PII_AAD)
+                if new.pii
+                else None,
+                "name_index": name_index(new.pii, self.vault),
+                "created_at": now,
+                "updated_at": now,
+                "first_seen_at": new.first_seen_at,
+                "last_seen_at": new.last_seen_at,
+            }
+            for new in (self.new[temp] for temp in temps)
+        ]
+        ids = self.conn.execute(_INSERT_PROFILES, rows).scalars().all()
+        return dict(zip(temps, ids, strict=True))
+
+    def _update_profiles(self, now: datetime) -> None:
+        """Write back every stored profile the batch touched or merged away."""
+        dirty = sorted({p for p in self.touched if p > 0} | self.merged)
+        if dirty:
+            rows = [self.existing[profile_id].update_row(now) for profile_id in dirty]
+            self.conn.execute(_UPDATE_BY_ID, rows)
+        # Re-encrypting costs an AES-GCM and a blind index per profile: only where PII changed.
+        changed = [
+            {
+                "b_id": profile_id,
+                "pii_encrypted": self.vault.encrypt_json(pii, PROFILE_PII_AAD) if pii else None,
+                "name_index": name_index(pii, self.vault),
+            }
+            for profile_id, pii in sorted(self.pii.items())
+            if pii != self.pii_loaded[profile_id]
+        ]
+        if changed:
+            self.conn.execute(_UPDATE_BY_ID, changed)
 
     def final_id(self, profile_id: int | None, real: dict[int, int]) -> int | None:
         if profile_id is None:
             return None
         found = self.find(profile_id)
         return real.get(found, found)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
-def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return min(x for x in (a, b) if x is not None) if (a or b) else None
-
-
-def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
-    return max(x for x in (a, b) if x is not None) if (a or b) else None

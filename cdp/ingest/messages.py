@@ -68,11 +68,107 @@ def _path(error: jsonschema.ValidationError) -> str:
 def validate_shape(message) -> None:
     if not isinstance(message, dict):
         raise Rejected("(message)", "each event must be a JSON object")
-    error = jsonschema.exceptions.best_match(message_validator().iter_errors(message))
-    if error is not None:
-        raise Rejected(_path(error), error.message)
+    # jsonschema costs ~100 µs a message; the hand-written check below accepts only messages
+    # the schema accepts too, so jsonschema runs just for the rest and words every rejection.
+    if not plainly_valid(message):
+        error = jsonschema.exceptions.best_match(message_validator().iter_errors(message))
+        if error is not None:
+            raise Rejected(_path(error), error.message)
+    # Kept per message: it costs ~0.3 µs, and a batch body under 32 KB would not prove every
+    # message is (orjson may write a number longer than it was sent: 1e9 -> 1000000000.0).
     if len(orjson.dumps(message)) > MAX_EVENT_BYTES:
         raise Rejected("(message)", "event is larger than 32 KB")
+
+
+# -- the fast shape check: mirrors message.schema.json; False means "ask jsonschema" ------------
+# Same type tests as jsonschema's (bool is not an integer); floats that are whole numbers,
+# which jsonschema counts as integers, are left to it.
+_TYPES = frozenset({"identify", "track", "page", "screen", "group", "alias"})
+_REQUIRED_BY_TYPE = {"track": ("event",), "alias": ("previousId", "userId"), "group": ("groupId",)}
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _text(min_length: int, max_length: int):
+    return lambda v: isinstance(v, str) and min_length <= len(v) <= max_length
+
+
+def _optional_text(v) -> bool:
+    return v is None or (isinstance(v, str) and len(v) <= 200)
+
+
+def _is_object(v) -> bool:
+    return isinstance(v, dict)
+
+
+def _is_string(v) -> bool:
+    return isinstance(v, str)
+
+
+_collection = _text(0, 64)
+
+
+def _external_id(item) -> bool:
+    if not isinstance(item, dict) or "type" not in item or "id" not in item:
+        return False
+    return (
+        isinstance(item["type"], str)
+        and 1 <= len(item["type"]) <= 32
+        and _is_id(item["id"])
+        and ("collection" not in item or _collection(item["collection"]))
+        and ("encoding" not in item or isinstance(item["encoding"], str))
+    )
+
+
+def _external_ids(v) -> bool:
+    return isinstance(v, list) and len(v) <= 50 and all(_external_id(item) for item in v)
+
+
+_CONTEXT_CHECKS = {
+    "traits": _is_object,
+    "externalIds": _external_ids,
+    "profileKind": lambda v: isinstance(v, str) and v in ("patient", "hcp"),
+    "device": _is_object,
+}
+
+
+def _context(v) -> bool:
+    if not isinstance(v, dict):
+        return False
+    return all(check(v[key]) for key, check in _CONTEXT_CHECKS.items() if key in v)
+
+
+_CHECKS = {
+    "messageId": _text(1, 100),
+    "userId": _is_id,
+    "anonymousId": _is_id,
+    "previousId": _is_id,
+    "groupId": _is_id,
+    "event": _text(1, 200),
+    "name": _optional_text,
+    "category": _optional_text,
+    "properties": _is_object,
+    "traits": _is_object,
+    "context": _context,
+    "integrations": _is_object,
+    # "format": "date-time" is an annotation only (no format checker); parse_time checks them.
+    "timestamp": _is_string,
+    "originalTimestamp": _is_string,
+    "sentAt": _is_string,
+    "receivedAt": _is_string,
+}
+
+
+def plainly_valid(message: dict) -> bool:
+    """True only if message.schema.json accepts ``message`` (False: maybe not, check fully)."""
+    type_ = message.get("type")
+    if not isinstance(type_, str) or type_ not in _TYPES:
+        return False
+    if any(key not in message for key in _REQUIRED_BY_TYPE.get(type_, ())):
+        return False
+    return all(check(message[key]) for key, check in _CHECKS.items() if key in message)
 
 
 def parse_time(message: dict, key: str) -> datetime | None:

@@ -2,7 +2,15 @@
 
 A batch is one transaction (group commit); the caller acks only after ``ingest``
 returns, so an acked event is durable. Downstream work is one outbox row per
-batch, written in the same transaction and enqueued after the commit.
+batch, written in the same transaction; after the commit a drain job is made sure
+to be queued (one job serves every batch committed before it starts).
+
+Messages are validated and prepared (identifiers normalised, PII encrypted) before
+the transaction starts; the transaction then does only database work. On SQLite it
+starts by taking the write lock (``lock_for_writing``), so its dedupe and identity
+reads cannot be overtaken by another writer. On PostgreSQL concurrent batches may
+both see a person as new: the unique index on identifiers makes the later one fail,
+and it is resolved again from what the earlier one committed.
 """
 
 from __future__ import annotations
@@ -14,21 +22,39 @@ from datetime import datetime
 import jsonschema
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.actors import Actor
-from cdp.db import db, utcnow
+from cdp.db import db, lock_for_writing, utcnow
 from cdp.exceptions import Unavailable
 from cdp.identity.blocklist import current_blocklist
-from cdp.identity.resolver import Resolver
+from cdp.identity.resolver import Resolver, StaleRead
 from cdp.ingest.messages import Candidate, Preparer, Rejected
+from cdp.ingest.tasks import hand_off
 from cdp.models import Event, OutboxBatch, Source, Violation
 from cdp.pii import vault
-from cdp.queue import enqueue
 
 log = logging.getLogger(__name__)
 INGEST_ACTOR = Actor(kind="system", role="admin", request_id="ingest")
-_RETRIES = 3
+# Attempts of a batch whose first sightings raced another transaction's (PostgreSQL).
+_ATTEMPTS = 5
+# How long a batch waits for SQLite's write lock. Batches hold it for tens of ms, so this
+# is queueing behind other writers, not an outage; past it the caller gets Unavailable
+# (503 + Retry-After) well before an SDK's own timeout (10-15 s) would fire and resend.
+SQLITE_LOCK_WAIT_MS = 5000
+# PostgreSQL: deadlock_detected, serialization_failure. SQLite never raises these.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+_EVENTS = Event.__table__
+_OUTBOX = OutboxBatch.__table__
+# Built once (see cdp.identity.resolver). A plain INSERT, not ON CONFLICT DO NOTHING: that
+# clause makes SQLAlchemy compile the statement on every call, and duplicates are already
+# dropped; a concurrent batch storing the same message fails the unique index and is retried.
+_INSERT_EVENTS = sa.insert(_EVENTS).returning(_EVENTS.c.id)
+_INSERT_VIOLATIONS = sa.insert(Violation.__table__)
+_INSERT_OUTBOX = sa.insert(_OUTBOX).returning(_OUTBOX.c.id)
+_STORED_MESSAGE_IDS = sa.select(_EVENTS.c.message_id).where(
+    _EVENTS.c.source_id == sa.bindparam("b_source"),
+    _EVENTS.c.message_id.in_(sa.bindparam("b_ids", expanding=True)),
+)
 
 
 @dataclass
@@ -47,6 +73,16 @@ class IngestResult:
             "flagged": self.flagged,
             "rejected": self.rejected,
         }
+
+
+@dataclass
+class Prepared:
+    """A batch after validation: what to store, and what to report and keep as violations."""
+
+    candidates: list[Candidate]
+    violations: list[dict]
+    rejected: list[dict]
+    flagged: int
 
 
 def _plan_check(plan: dict | None, candidate: Candidate) -> tuple[str, str] | None:
@@ -83,82 +119,101 @@ def _violation(source: Source, received_at, index, message, field_, reason, reje
     }
 
 
-def _insert_events(rows: list[dict]) -> list[int]:
-    dialect = db.session.get_bind().dialect.name
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Event)
-    statement = insert.on_conflict_do_nothing(index_elements=["source_id", "message_id"])
-    return list(db.session.scalars(statement.returning(Event.id), rows))
-
-
 def ingest(source: Source, messages: list, received_at: datetime | None = None) -> IngestResult:
     """Store the valid messages of a batch in one transaction; report the rest by index.
 
-    :raise Unavailable: the database cannot be reached (nothing was stored).
+    :raise Unavailable: the database cannot be reached, SQLite's write lock stayed busy,
+        or concurrent batches kept racing for the same new people (nothing was stored).
     """
     received_at = received_at or utcnow()
     try:
-        return _ingest_with_retries(source, messages, received_at)
-    except sa.exc.OperationalError as exc:
+        prepared = _prepare(source, messages, received_at)
+        result = _store_with_retries(source, prepared, received_at)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         db.session.rollback()
         log.warning("ingest: database unavailable: %s", exc.__class__.__name__)
         raise Unavailable("the database is unavailable; retry later") from exc
-    except sa.exc.InterfaceError as exc:
-        db.session.rollback()
-        raise Unavailable("the database is unavailable; retry later") from exc
-
-
-def _ingest_with_retries(source, messages, received_at) -> IngestResult:
-    for attempt in range(_RETRIES):
-        try:
-            result = _ingest_once(source, messages, received_at)
-            break
-        except sa.exc.IntegrityError:
-            # Another request created the same identifier first: re-read and resolve again.
-            db.session.rollback()
-            if attempt == _RETRIES - 1:
-                raise
     if result.outbox_id is not None:
         try:
-            enqueue("cdp.ingest.tasks.process_batch", result.outbox_id, queue="ingest")
+            hand_off()
         except Exception:  # the sweeper enqueues it later; the events are committed
             log.warning("ingest: could not enqueue outbox batch %s", result.outbox_id)
     return result
 
 
-def _ingest_once(source: Source, messages: list, received_at: datetime) -> IngestResult:
-    session = db.session
-    result = IngestResult()
-    violations: list[dict] = []
+def _prepare(source: Source, messages: list, received_at: datetime) -> Prepared:
+    """Validate and prepare every message (CPU only: no write, no lock held)."""
     preparer = Preparer(vault(), current_blocklist(), received_at)
     plan = source.tracking_plan
     mode = (plan or {}).get("mode", "allow")
-    candidates: list[Candidate] = []
+    prepared = Prepared([], [], [], 0)
     for index, message in enumerate(messages):
         try:
             candidate = preparer.prepare(index, message)
         except Rejected as bad:
-            result.rejected.append({"index": index, "field": bad.field, "reason": bad.reason})
-            violations.append(
+            prepared.rejected.append({"index": index, "field": bad.field, "reason": bad.reason})
+            prepared.violations.append(
                 _violation(source, received_at, index, message, bad.field, bad.reason, True)
             )
             continue
         problem = _plan_check(plan, candidate) if mode != "allow" else None
         if problem and mode == "block":
-            result.rejected.append({"index": index, "field": problem[0], "reason": problem[1]})
-            violations.append(_violation(source, received_at, index, message, *problem, True))
+            prepared.rejected.append({"index": index, "field": problem[0], "reason": problem[1]})
+            prepared.violations.append(
+                _violation(source, received_at, index, message, *problem, True)
+            )
             continue
         notes = candidate.notes + ([problem] if problem else [])
         for field_, reason in notes:
-            violations.append(
+            prepared.violations.append(
                 _violation(source, received_at, index, message, field_, reason, False)
             )
-        result.flagged += bool(notes)
-        candidates.append(candidate)
+        prepared.flagged += bool(notes)
+        prepared.candidates.append(candidate)
+    return prepared
 
-    fresh = _drop_duplicates(source.id, candidates, result)
-    resolver = Resolver(session, vault(), source.id, INGEST_ACTOR)
+
+def _retryable(exc: Exception) -> bool:
+    """Did the batch lose a race with another transaction (so running it again can succeed)?"""
+    if isinstance(exc, StaleRead):
+        return True
+    if isinstance(exc, sa.exc.IntegrityError):
+        # Only a duplicate key is a race (someone stored the same identifier or message first);
+        # any other constraint failing is a bug that retrying would not fix.
+        orig = exc.orig
+        return (
+            getattr(orig, "sqlstate", None) == "23505"
+            or getattr(orig, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_UNIQUE"
+        )
+    return isinstance(exc, sa.exc.DBAPIError) and (
+        getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES
+    )
+
+
+def _store_with_retries(source: Source, prepared: Prepared, received_at) -> IngestResult:
+    source_id, default_kind = source.id, source.default_profile_kind or "patient"
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return _store(source_id, default_kind, prepared, received_at)
+        except (sa.exc.DBAPIError, StaleRead) as exc:
+            db.session.rollback()
+            if not _retryable(exc):
+                raise
+            if attempt == _ATTEMPTS:
+                log.warning("ingest: still racing other batches after %d attempts", attempt)
+                raise Unavailable("too many concurrent changes to the same people; retry") from exc
+    raise AssertionError("unreachable")
+
+
+def _store(source_id: str, default_kind: str, prepared: Prepared, received_at) -> IngestResult:
+    """One attempt at the batch's transaction; commits it."""
+    session = db.session
+    result = IngestResult(rejected=list(prepared.rejected), flagged=prepared.flagged)
+    lock_for_writing(session, SQLITE_LOCK_WAIT_MS)
+    connection = session.connection()
+    fresh = _drop_duplicates(source_id, prepared.candidates, result)
+    resolver = Resolver(session, vault(), source_id, INGEST_ACTOR)
     resolver.preload([i for c in fresh for i in c.identifiers])
-    default_kind = source.default_profile_kind or "patient"
     for c in fresh:
         c.profile_id = resolver.resolve(
             c.identifiers, c.kind or default_kind, c.message_id, c.link_only
@@ -169,7 +224,7 @@ def _ingest_once(source: Source, messages: list, received_at: datetime) -> Inges
     real = resolver.finish()
     rows = [
         {
-            "source_id": source.id,
+            "source_id": source_id,
             "message_id": c.message_id,
             "profile_id": resolver.final_id(c.profile_id, real),
             "type": c.type,
@@ -181,38 +236,33 @@ def _ingest_once(source: Source, messages: list, received_at: datetime) -> Inges
         }
         for c in fresh
     ]
-    event_ids = _insert_events(rows) if rows else []
-    result.duplicates += len(rows) - len(event_ids)
+    event_ids = list(connection.execute(_INSERT_EVENTS, rows).scalars()) if rows else []
     result.accepted = len(event_ids)
     result.profile_ids = sorted({r["profile_id"] for r in rows if r["profile_id"]})
-    if violations:
-        session.execute(sa.insert(Violation), violations)
+    if prepared.violations:
+        connection.execute(_INSERT_VIOLATIONS, prepared.violations)
     if event_ids:
-        outbox = OutboxBatch(
-            source_id=source.id,
-            event_ids=event_ids,
-            profile_ids=result.profile_ids,
-            enqueued_at=utcnow(),
-        )
-        session.add(outbox)
-        session.flush()
-        result.outbox_id = outbox.id
+        now = utcnow()
+        outbox = {
+            "source_id": source_id,
+            "event_ids": event_ids,
+            "profile_ids": result.profile_ids,
+            "created_at": now,
+            "enqueued_at": now,
+            "attempts": 0,
+        }
+        result.outbox_id = connection.execute(_INSERT_OUTBOX, outbox).scalar_one()
     session.commit()
     return result
 
 
-def _drop_duplicates(source_id: str, candidates: list[Candidate], result: IngestResult):
+def _drop_duplicates(source_id: str, candidates: list[Candidate], result):
     """Drop messages already stored for this source, and repeats inside the batch."""
     ids = list({c.message_id for c in candidates})
     stored: set[str] = set()
     for start in range(0, len(ids), 500):
-        stored |= set(
-            db.session.scalars(
-                sa.select(Event.message_id).where(
-                    Event.source_id == source_id, Event.message_id.in_(ids[start : start + 500])
-                )
-            )
-        )
+        params = {"b_source": source_id, "b_ids": ids[start : start + 500]}
+        stored |= set(db.session.execute(_STORED_MESSAGE_IDS, params).scalars())
     fresh, seen = [], set()
     for c in candidates:
         if c.message_id in stored or c.message_id in seen:

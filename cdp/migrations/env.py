@@ -7,6 +7,8 @@ from alembic import context
 from flask import current_app
 
 import cdp.models  # noqa: F401  (registers every table on the metadata for autogenerate)
+import connectors.models  # noqa: F401
+import segments.models  # noqa: F401
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("quiet"):

@@ -2,10 +2,13 @@
 
 from cdp.models.audit import AuditEntry
 from cdp.models.consent import ConsentRecord, ConsentState
+from cdp.models.content import ContentVersion  # noqa: F401  (registers the content tables)
 from cdp.models.events import Event
 from cdp.models.identity import BlockedIdentifier, IdentityConflict, Merge
 from cdp.models.ingest import OutboxBatch, Violation
 from cdp.models.jobs import JobRun
+from cdp.models.loyalty import Partner  # noqa: F401  (registers the loyalty tables)
+from cdp.models.privacy import PrivacyRequest  # noqa: F401  (registers the privacy tables)
 from cdp.models.profiles import Identity, Profile
 from cdp.models.sources import Source
 from cdp.models.tokens import ApiToken

@@ -12,7 +12,8 @@ from cdp.db import BigIntPK, JSONType, UTCDateTime, db, utcnow
 # marketing: promotional messages; health_data: processing medicine purchases and diagnoses
 # (sensitive under PIPL, separate consent); third_party_sharing: sharing with partner
 # pharmacies; automated_marketing: personalised/automated marketing (PIPL Art. 24 refusal).
-PURPOSES = ("marketing", "health_data", "third_party_sharing", "automated_marketing")
+# guardian: a parent's or guardian's consent for a person under 14 (PIPL Art. 31).
+PURPOSES = ("marketing", "health_data", "third_party_sharing", "automated_marketing", "guardian")
 # "*" is for purposes that are not tied to one channel.
 CHANNELS = ("wechat", "miniprogram", "sms", "phone", "email", "*")
 STATUSES = ("granted", "withdrawn")

@@ -5,10 +5,26 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from web.api import identity, jobs, me, profiles, sources, users
+from web.api import (
+    consents,
+    content,
+    identity,
+    jobs,
+    loyalty,
+    me,
+    partner,
+    privacy,
+    profiles,
+    segments,
+    sources,
+    users,
+)
 from web.extensions import csrf
 
 API_BLUEPRINTS = (
+    partner.bp,
+    loyalty.campaigns_bp,
+    loyalty.loyalty_bp,
     me.bp,
     users.bp,
     sources.bp,
@@ -16,6 +32,10 @@ API_BLUEPRINTS = (
     profiles.bp,
     identity.merges_bp,
     identity.violations_bp,
+    segments.bp,
+    content.bp,
+    consents.bp,
+    privacy.bp,
 )
 
 

@@ -1,5 +1,15 @@
 """UI blueprints, listed once so the app registers them in one place."""
 
-from web.ui import areas, auth, dashboard, profiles, system
+from web.ui import areas, auth, content, dashboard, loyalty, privacy, profiles, segments, system
 
-BLUEPRINTS = (auth.bp, dashboard.bp, areas.bp, profiles.bp, system.bp)
+BLUEPRINTS = (
+    auth.bp,
+    dashboard.bp,
+    areas.bp,
+    profiles.bp,
+    system.bp,
+    content.bp,
+    privacy.bp,
+    segments.bp,
+    loyalty.bp,
+)

@@ -29,10 +29,7 @@ bp = Blueprint("areas", __name__)
 
 # Areas whose capability lands with a later issue; the frame links them already.
 UPCOMING = {
-    "segments": (_l("Segments"), "segments:view"),
     "journeys": (_l("Journeys"), "journeys:view"),
-    "content": (_l("Content"), "content:view"),
-    "loyalty": (_l("Loyalty"), "loyalty:view"),
     "models": (_l("Models"), "models:view"),
 }
 

@@ -20,13 +20,14 @@ class NavItem:
 NAV_ITEMS = (
     NavItem("dashboard.index", _l("Dashboard"), "dashboard:view"),
     NavItem("areas.profiles", _l("Profiles"), "profiles:view"),
-    NavItem("areas.segments", _l("Segments"), "segments:view"),
+    NavItem("segment.index", _l("Segments"), "segments:view"),
     NavItem("areas.journeys", _l("Journeys"), "journeys:view"),
-    NavItem("areas.content", _l("Content"), "content:view"),
-    NavItem("areas.loyalty", _l("Loyalty"), "loyalty:view"),
+    NavItem("content_ui.index", _l("Content"), "content:view"),
+    NavItem("loyalty.index", _l("Loyalty"), "loyalty:view"),
     NavItem("areas.models", _l("Models"), "models:view"),
     NavItem("areas.sources", _l("Sources"), "sources:view"),
     NavItem("areas.audit", _l("Audit"), "audit:view"),
+    NavItem("privacy_ui.index", _l("Privacy"), "privacy:view"),
     NavItem("areas.settings", _l("Settings"), "settings:view"),
     NavItem("system.health", _l("Health"), "jobs:view"),
 )

@@ -1,0 +1,49 @@
+"""Loyalty: partner pharmacies and member sync, coupon campaigns and coupons, points ledger.
+
+Operations take an ``Actor``, check a permission, own their transaction and write the
+audit row. Modules:
+
+* ``partners``: partners, stores, API keys, ``PartnerActor``;
+* ``members``/``syncs``/``consents``: member uploads through ingestion, consent in bulk;
+* ``feed``: what a partner reads about its members (lookup, changes feed);
+* ``products``/``campaigns``/``coupons``: the catalogue, campaigns, coupon issue and codes;
+* ``redemptions``: redeem at the till, void, coupon expiry;
+* ``points``/``accounts``/``ledger``: the points ledger, expiry, reconciliation;
+* ``tasks``: background syncs and the expiry job;
+* ``privacy``: the person's loyalty data in exports and erasures;
+* ``demo``: demo partners and activity (``cdp loyalty seed-demo``).
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from cdp.loyalty.common import DEFAULTS, LOYALTY_SOURCE_KIND
+from cdp.sources import SourceKind, register_kind
+
+
+class LoyaltySourceKind(SourceKind):
+    """The internal source coupon and points events are stored under."""
+
+    name = LOYALTY_SOURCE_KIND
+    label = "Loyalty (coupons and points)"
+
+
+def init_app(app: Flask) -> None:
+    """Settings, the internal source kind, the expiry job, sweep hook and consent watch."""
+    from cdp.loyalty import privacy, tasks
+    from cdp.loyalty.consents import watch_consent_withdrawals
+    from cdp.privacy.erasure import register_erasure_hook
+    from cdp.privacy.export import register_export_section
+    from cdp.queue import register_periodic
+    from cdp.sweeper import register_sweep_hook
+
+    for name, value in DEFAULTS.items():
+        app.config.setdefault(name, value)
+    register_kind(LoyaltySourceKind())
+    register_periodic(tasks.EXPIRY_JOB)
+    register_periodic(tasks.EVENTS_JOB)
+    register_sweep_hook("loyalty-member-syncs", tasks.requeue_stale_syncs)
+    watch_consent_withdrawals()
+    register_export_section("loyalty", privacy.export_section)
+    register_erasure_hook("loyalty", privacy.erase)

@@ -1,0 +1,36 @@
+"""Registers the channel connectors (WeChat, mini-program, POS, e-commerce) with the app:
+their source kinds, HTTP endpoints, periodic pull jobs and ``cdp connectors`` commands."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from cdp.queue import register_periodic
+from cdp.sources import register_kind
+from connectors import (
+    cli,
+    demo_wire,
+    ecommerce,
+    ecommerce_pull,
+    miniprogram,
+    pos,
+    wechat,
+    wechat_pull,
+)
+
+
+def init_app(app: Flask) -> None:
+    for kind in (
+        wechat.WechatSourceKind(),
+        miniprogram.MiniprogramSourceKind(),
+        pos.PosSourceKind(),
+        ecommerce.EcommerceSourceKind(),
+    ):
+        register_kind(kind)
+    for blueprint in (wechat.bp, miniprogram.bp, pos.bp, ecommerce.bp):
+        app.register_blueprint(blueprint)
+    register_periodic(wechat_pull.PERIODIC)
+    register_periodic(ecommerce_pull.PERIODIC)
+    app.cli.add_command(cli.connectors_group)
+    # For `cdp seed-demo` (cdp cannot import connectors): wire payloads through the parsers.
+    app.extensions["connectors.demo_wire"] = demo_wire

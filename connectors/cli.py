@@ -1,0 +1,54 @@
+"""``cdp connectors …``: run a pull now, show a source's health."""
+
+from __future__ import annotations
+
+import click
+import orjson
+from flask.cli import with_appcontext
+
+from cdp.actors import SYSTEM
+from cdp.commands.output import domain_errors
+from cdp.db import db
+from cdp.exceptions import NotFound
+from cdp.models import Source
+
+
+@click.group("connectors", help="Channel connectors: pulls and health.")
+def connectors_group():
+    pass
+
+
+@connectors_group.command("sync")
+@click.argument("source_id")
+@click.option("--wait", is_flag=True, help="Run in this process instead of queueing it.")
+@with_appcontext
+@domain_errors
+def sync(source_id, wait):
+    """Pull now: WeChat followers (wechat) or orders (ecommerce)."""
+    from connectors import ecommerce_pull, wechat_pull
+
+    source = db.session.get(Source, source_id)
+    if source is None:
+        raise NotFound("no such source", "source_id")
+    if source.kind == "wechat":
+        start, run = wechat_pull.start_follower_sync, wechat_pull.sync_followers
+    elif source.kind == "ecommerce":
+        start, run = ecommerce_pull.start_order_pull, ecommerce_pull.pull_orders
+    else:
+        raise click.UsageError(f"sources of kind {source.kind} are pushed to, not pulled")
+    job = start(SYSTEM, source_id)
+    if wait:
+        click.echo(orjson.dumps(run(source_id, job.id), default=str).decode())
+    else:
+        click.echo(f"queued job {job.id}")
+
+
+@connectors_group.command("health")
+@click.argument("source_id")
+@with_appcontext
+@domain_errors
+def health(source_id):
+    """Print a source's health (activity, errors with masked payloads, cursors) as JSON."""
+    from connectors.health import source_health
+
+    click.echo(orjson.dumps(source_health(source_id), default=str).decode())

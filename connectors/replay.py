@@ -1,0 +1,70 @@
+"""Replay protection for signed requests: a timestamp window and single-use nonces.
+
+A nonce is claimed in its own short transaction before the events are ingested and
+released again if ingestion fails (so the sender's retry with the same signed request
+works after a 503). Nonces older than the window are useless to an attacker (the
+timestamp check refuses them) and are pruned.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cdp.db import db, utcnow
+from connectors.models import ConnectorNonce
+
+WINDOW_SECONDS = 300
+PRUNE_EVERY_SECONDS = 60.0
+_pruned = {"at": 0.0}
+_lock = threading.Lock()
+
+
+def timestamp_problem(raw: str | None, now: float | None = None) -> str | None:
+    """Why ``raw`` (Unix seconds) is not an acceptable request time, or None."""
+    if not raw or not raw.strip().lstrip("-").isdigit():
+        return "the timestamp header is missing or not Unix seconds"
+    skew = abs((now or time.time()) - int(raw))
+    if skew > WINDOW_SECONDS:
+        return f"the timestamp is {int(skew)} s away from our clock (allowed: {WINDOW_SECONDS} s)"
+    return None
+
+
+def claim(source_id: str, nonce: str) -> bool:
+    """Record ``nonce`` as used; False if this source already used it (a replay)."""
+    _maybe_prune()
+    table = ConnectorNonce.__table__
+    with db.engine.begin() as conn:
+        dialect = conn.dialect.name
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        statement = insert.values(source_id=source_id, nonce=nonce, seen_at=utcnow())
+        # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
+        done = conn.execute(statement.on_conflict_do_nothing().returning(table.c.nonce))
+        return done.first() is not None
+
+
+def release(source_id: str, nonce: str) -> None:
+    """Forget a claimed nonce (its request failed before anything was stored)."""
+    table = ConnectorNonce.__table__
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.delete(table).where(table.c.source_id == source_id, table.c.nonce == nonce)
+            )
+    except sa.exc.SQLAlchemyError:
+        pass  # the database is down: the sender's retry needs a fresh nonce
+
+
+def _maybe_prune() -> None:
+    with _lock:
+        if time.monotonic() - _pruned["at"] < PRUNE_EVERY_SECONDS:
+            return
+        _pruned["at"] = time.monotonic()
+    cutoff = utcnow() - timedelta(seconds=2 * WINDOW_SECONDS)
+    table = ConnectorNonce.__table__
+    with db.engine.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.seen_at < cutoff))

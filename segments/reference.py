@@ -1,0 +1,58 @@
+"""The reference evaluator: load every live profile's facts and apply the rule in Python.
+
+Slow on purpose (it reads everything); it is the plain statement of what a definition
+means, which the compiled SQL must agree with (tests, and ``cdp segments verify``).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from cdp.db import db
+from cdp.models import ConsentState, Event, Identity, Profile
+from segments.compiler import analyze, evaluate
+from segments.conditions import Context, Facts
+
+
+def load_facts(profile_ids: list[int] | None = None) -> list[Facts]:
+    """Facts of the live profiles (or of those among ``profile_ids``)."""
+
+    def only(query, column):
+        return query if profile_ids is None else query.where(column.in_(profile_ids))
+
+    session = db.session
+    people = {
+        pid: Facts(pid, kind, traits or {})
+        for pid, kind, traits in session.execute(
+            only(
+                sa.select(Profile.id, Profile.kind, Profile.traits).where(
+                    Profile.merged_into_id.is_(None)
+                ),
+                Profile.id,
+            )
+        )
+    }
+    for pid, type_, namespace in session.execute(
+        only(sa.select(Identity.profile_id, Identity.type, Identity.namespace), Identity.profile_id)
+    ):
+        if pid in people:
+            people[pid].identities.add((type_, namespace))
+    events = sa.select(Event.profile_id, Event.name, Event.timestamp, Event.properties).where(
+        Event.profile_id.is_not(None)
+    )
+    for pid, name, ts, props in session.execute(only(events, Event.profile_id)):
+        if pid in people:
+            people[pid].events.append((name, ts, props if props is not None else {}))
+    consents = sa.select(
+        ConsentState.profile_id, ConsentState.purpose, ConsentState.channel, ConsentState.status
+    )
+    for pid, purpose, channel, status in session.execute(only(consents, ConsentState.profile_id)):
+        if pid in people:
+            people[pid].consents[(purpose, channel)] = status
+    return list(people.values())
+
+
+def reference_members(definition: dict, ctx: Context, facts: list[Facts] | None = None) -> set[int]:
+    analysis = analyze(definition, ctx.load_segment)
+    facts = load_facts(ctx.scope) if facts is None else facts
+    return {f.id for f in facts if evaluate(definition, f, ctx, analysis)}
