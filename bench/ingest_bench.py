@@ -122,6 +122,18 @@ class Server:
                 total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / tick
 
+    def worker_rss_mb(self) -> list[float]:
+        """Resident memory of each worker, MB (to see that it stays flat)."""
+        sizes = []
+        with contextlib.suppress(OSError):
+            children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            for pid in children.read_text().split():
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            sizes.append(int(line.split()[1]) / 1024)
+        return sizes
+
     def __exit__(self, *exc) -> None:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -337,6 +349,7 @@ def bench_database(label: str, url: str, args, workdir: Path) -> None:
         drive_batches(server.port, key, people, args.clients, 0, args.clients * 2, run + "w")
         if url.startswith("postgresql"):
             analyze(url)
+        rss = server.worker_rss_mb()
         cpu = server.cpu_seconds()
         result = drive_batches(
             server.port, key, people, args.clients, args.seconds, args.batches, run
@@ -365,6 +378,9 @@ def bench_database(label: str, url: str, args, workdir: Path) -> None:
             f"{slow:.1%} over 20 ms; statuses {track['statuses']}; "
             f"gunicorn CPU {cpu / max(track['sent'], 1) * 1e3:.2f} ms per request"
         )
+        before = ", ".join(f"{mb:.0f}" for mb in rss)
+        after = ", ".join(f"{mb:.0f}" for mb in server.worker_rss_mb())
+        print(f"  worker RSS after warm-up: {before} MB; at the end: {after} MB")
     from cdp import create_app
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})

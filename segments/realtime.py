@@ -12,7 +12,7 @@ Idempotent: a re-run finds nothing left to change.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -93,7 +93,8 @@ def _statement(segment: LiveSegment, now: datetime) -> sa.Select:
 
 
 def _fill_scope(profile_ids: list[int]) -> None:
-    if db.session.get_bind().dialect.name == "postgresql":
+    postgres = db.session.get_bind().dialect.name == "postgresql"
+    if postgres:
         ddl = (
             "CREATE TEMP TABLE IF NOT EXISTS segment_scope "
             "(profile_id BIGINT PRIMARY KEY) ON COMMIT DELETE ROWS"
@@ -101,8 +102,15 @@ def _fill_scope(profile_ids: list[int]) -> None:
     else:
         ddl = "CREATE TEMP TABLE IF NOT EXISTS segment_scope (profile_id INTEGER PRIMARY KEY)"
     db.session.execute(sa.text(ddl))
-    db.session.execute(sa.delete(SCOPE))
+    if not postgres:  # PostgreSQL empties it at each commit
+        db.session.execute(sa.delete(SCOPE))
     db.session.execute(sa.insert(SCOPE), [{"profile_id": pid} for pid in profile_ids])
+    if postgres:
+        # A few profiles: walk their rows through the indexes. Without this (and with no
+        # statistics on a temporary table) the planner hashes whole event index ranges.
+        db.session.execute(sa.text("ANALYZE segment_scope"))
+        for setting in ("enable_hashjoin", "enable_mergejoin", "enable_seqscan"):
+            db.session.execute(sa.text(f"SET LOCAL {setting} = off"))
 
 
 def changed_keys(event_ids: list[int], profile_ids: list[int]) -> tuple[set[str], list[int]]:
@@ -185,14 +193,15 @@ def process_events(event_ids: list[int], profile_ids: list[int]) -> dict:
 def reevaluate(segments: list[LiveSegment], profile_ids: list[int]) -> tuple[list[int], int, int]:
     """Recompute membership of ``profile_ids`` in ``segments``; write only the differences.
 
-    Rules are evaluated at the start of the current minute (so their compiled SQL is reused
-    for every batch of that minute); the scheduled refresh keeps windows exact.
+    Rules are evaluated as of the end of the current minute (so their compiled SQL is reused
+    for every batch of that minute, and the events that triggered the check, timed up to now,
+    count); the scheduled refresh keeps windows exact to the second.
     """
     session = db.session
     lock_segments([s.id for s in segments])
     _fill_scope(profile_ids)
     now = utcnow().replace(microsecond=0)
-    minute = now.replace(second=0)
+    minute = now.replace(second=0) + timedelta(minutes=1)
     now_in = set()
     connection = session.connection()  # Core: no ORM overhead on these many small queries
     for segment in segments:
@@ -210,7 +219,8 @@ def reevaluate(segments: list[LiveSegment], profile_ids: list[int]) -> tuple[lis
             )
         )
     }
-    connection.execute(sa.delete(SCOPE))
+    if connection.dialect.name != "postgresql":
+        connection.execute(sa.delete(SCOPE))
     entering = sorted(now_in - current.keys())
     leaving = sorted(current.keys() - now_in)
     if not entering and not leaving:

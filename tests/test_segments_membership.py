@@ -192,6 +192,10 @@ def test_realtime_rechecks_only_dependent_segments_for_the_batch(app_ctx, source
     send(source_id, *person("new", "上海"))
     assert pid("new") in open_members(shanghai.id)
 
+    # Events timed just now (no timestamp: the time they arrived) count at once.
+    send(source_id, *[{"type": "track", "userId": "new", "event": "article_read"}] * 2)
+    assert pid("new") in open_members(readers.id)
+
 
 def test_realtime_skips_segments_never_computed_and_non_realtime_ones(app_ctx, source_id):
     send(source_id, *person("a", "上海"))

@@ -22,6 +22,7 @@ from cdp.models import ConsentRecord, ConsentState, Event, Identity, Profile, So
 from segments.compiler import compile_query
 from segments.conditions import Context
 from segments.definition import validate
+from segments.realtime import _fill_scope
 from segments.reference import load_facts, reference_members
 from tests.conftest import make_app, migrate
 
@@ -458,6 +459,13 @@ def check(case) -> None:
     for definition in definitions:
         sql = set(db.session.scalars(compile_query(definition, scoped_ctx)))
         assert sql == reference_members(definition, ctx, facts) & set(scope), definition
+    # ... with the ids in the temporary table, as the event processor runs it.
+    _fill_scope(scope)
+    table_ctx = Context(now=now, dialect=ctx.dialect, load_segment=referable.get, scope_table=True)
+    for definition in definitions:
+        sql = set(db.session.scalars(compile_query(definition, table_ctx)))
+        assert sql == reference_members(definition, ctx, facts) & set(scope), definition
+    db.session.rollback()
 
 
 def boundary_world(now: datetime) -> list[dict]:

@@ -18,6 +18,7 @@ on them): their traits are rewritten from what was read, which must not be stale
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from datetime import datetime
 
@@ -48,15 +49,27 @@ _PROFILES = Profile.__table__
 _IDENTITIES = Identity.__table__
 # Statements are built once: building and hashing (for the compiled cache) a statement
 # per call costs more than running it on small batches.
-_FIND_OWNERS = sa.select(
-    _IDENTITIES.c.type, _IDENTITIES.c.namespace, _IDENTITIES.c.value_index, _IDENTITIES.c.profile_id
-).where(
-    # One (type, namespace) at a time, so it is an IN list on the unique index: a row-value
-    # IN ((type, namespace, value), ...) makes SQLite scan the whole table.
-    _IDENTITIES.c.type == sa.bindparam("b_type"),
-    _IDENTITIES.c.namespace == sa.bindparam("b_namespace"),
-    _IDENTITIES.c.value_index.in_(sa.bindparam("b_indexes", expanding=True)),
-)
+
+
+@functools.cache
+def _find_owners_statement(groups: int) -> sa.Select:
+    """Owners of identifiers of ``groups`` (type, namespace) pairs, each an IN list on the
+    unique index (a row-value IN ((type, namespace, value), ...) makes SQLite scan the table)."""
+    c = _IDENTITIES.c
+    return sa.select(c.type, c.namespace, c.value_index, c.profile_id).where(
+        sa.or_(
+            *(
+                sa.and_(
+                    c.type == sa.bindparam(f"t{n}"),
+                    c.namespace == sa.bindparam(f"ns{n}"),
+                    c.value_index.in_(sa.bindparam(f"v{n}", expanding=True)),
+                )
+                for n in range(groups)
+            )
+        )
+    )
+
+
 _LOAD_PROFILES = (
     sa.select(*(_PROFILES.c[name] for name in STORED_COLUMNS))
     .where(_PROFILES.c.id.in_(sa.bindparam("b_ids", expanding=True)))
@@ -120,13 +133,16 @@ class Resolver:
 
     def _find_owners(self, keys: set[tuple[str, str, str]]) -> None:
         groups: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for type_, namespace, index in keys:
+        for type_, namespace, index in sorted(keys):
             groups[(type_, namespace)].append(index)
-        for (type_, namespace), indexes in groups.items():
-            for chunk in _chunks(indexes):
-                params = {"b_type": type_, "b_namespace": namespace, "b_indexes": chunk}
-                for _, _, index, profile_id in self.conn.execute(_FIND_OWNERS, params):
-                    self.owner[(type_, namespace, index)] = profile_id
+        pieces = [(slot, chunk) for slot, indexes in groups.items() for chunk in _chunks(indexes)]
+        for start in range(0, len(pieces), 4):  # at most 4 x 500 values a statement
+            params = {}
+            for n, ((type_, namespace), chunk) in enumerate(pieces[start : start + 4]):
+                params.update({f"t{n}": type_, f"ns{n}": namespace, f"v{n}": chunk})
+            statement = _find_owners_statement(len(params) // 3)
+            for type_, namespace, index, profile_id in self.conn.execute(statement, params):
+                self.owner[(type_, namespace, index)] = profile_id
 
     def _load_profiles(self, ids: set[int]) -> None:
         ids = sorted(i for i in ids if i > 0 and i not in self.existing)

@@ -146,6 +146,11 @@ SCOPE = sa.table("segment_scope", sa.column("profile_id", sa.BigInteger))
 
 
 def in_scope(column, ctx: Context):
+    if ctx.scope_table and ctx.dialect == "postgresql":
+        # = ANY(ARRAY(...)): computed once, then an index condition (PK, profile indexes), so
+        # the few scoped profiles drive the query whatever the planner guesses about the rest.
+        ids = sa.func.array(sa.select(SCOPE.c.profile_id).scalar_subquery())
+        return column == sa.any_(ids)
     if ctx.scope_table:
         return column.in_(sa.select(SCOPE.c.profile_id))
     return column.in_(ctx.scope)
