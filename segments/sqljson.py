@@ -155,25 +155,28 @@ class SqlJson:
     def date_literal(self, day: date):
         return sa.literal(day, sa.Date) if self.pg else sa.literal(day.isoformat())
 
-    def may_contain_item(self, expr, key: str, values: list[str]):
-        """A cheap pre-filter, true for every object whose ``items`` array has an element with
-        ``key`` equal to one of ``values`` (the exact test follows it): JSONB containment on
-        PostgreSQL; on SQLite a substring test of the stored text, which the app always writes
-        with orjson, so a string appears in it exactly as ``orjson.dumps`` spells it."""
-        check_path((key,))
-        if self.pg:
-            return sa.or_(
-                *(
-                    expr.op("@>")(
-                        sa.cast(
-                            sa.literal(orjson.dumps({"items": [{key: v}]}).decode()),
-                            postgresql.JSONB,
-                        )
-                    )
-                    for v in values
-                )
-            )
-        return sa.or_(*(sa.func.instr(expr, orjson.dumps(v).decode()) > 0 for v in values))
+    def may_contain(self, expr, path: tuple[str, ...], values: list[str], in_array: str = ""):
+        """A cheap pre-filter, true for every document that holds one of the strings
+        ``values`` at ``path`` (inside an element of the array at ``in_array``, when given);
+        the exact test still follows it. PostgreSQL: JSONB containment. SQLite: a substring
+        test of the stored text, which the app always writes with orjson, so a string appears
+        in it exactly as ``orjson.dumps`` spells it."""
+        check_path(path)
+        if not self.pg:
+            return sa.or_(*(sa.func.instr(expr, orjson.dumps(v).decode()) > 0 for v in values))
+        shapes = []
+        for value in values:
+            shape = value
+            for key in reversed(path):
+                shape = {key: shape}
+            if in_array:
+                shape = [shape]
+                for key in reversed(check_path(tuple(in_array.split(".")))):
+                    shape = {key: shape}
+            shapes.append(orjson.dumps(shape).decode())
+        return sa.or_(
+            *(expr.op("@>")(sa.cast(sa.literal(shape), postgresql.JSONB)) for shape in shapes)
+        )
 
     def floor_days(self, number, cap: int):
         """floor(min(number, cap)) as an integer, for a positive number."""

@@ -152,6 +152,9 @@ class EventCondition(Condition):
         if end is not None:
             query = query.where(ts < end)
         for spec in self.node.get("where", []):
+            cheap = prefilter(ctx, spec)
+            if cheap is not None:
+                query = query.where(cheap)
             query = query.where(sql_filter(ctx, ColumnRef(ctx.sql, e.c.properties), spec))
         return scoped(query, e.c.profile_id, ctx)
 
@@ -203,6 +206,33 @@ def event_columns(ctx: Context, condition: EventCondition, start: datetime | Non
         if ctx.estimate(tuple(condition.names()), start) > SCAN_SHARE:
             return hidden
     return EVENTS.c.name, EVENTS.c.timestamp
+
+
+def _wanted_strings(spec: dict) -> list[str] | None:
+    """The strings an ``equals`` / ``in`` filter requires (None: not such a filter)."""
+    if spec.get("op") not in ("equals", "in") or "any" in spec:
+        return None
+    values = spec["value"] if spec["op"] == "in" else [spec["value"]]
+    return values if all(isinstance(v, str) for v in values) else None
+
+
+def prefilter(ctx: Context, spec: dict):
+    """A cheap test every event matching a top-level filter passes (see SqlJson.may_contain),
+    or None: on SQLite it spares parsing the JSON of most rows."""
+    properties = EVENTS.c.properties
+    if "any" not in spec:
+        wanted = _wanted_strings(spec)
+        return (
+            None
+            if wanted is None
+            else ctx.sql.may_contain(properties, _path(spec["property"]), wanted)
+        )
+    for sub in spec["any"]:
+        wanted = _wanted_strings(sub)
+        if wanted is not None and "property" in sub:
+            path = _path(sub["property"])
+            return ctx.sql.may_contain(properties, path, wanted, spec["property"])
+    return None
 
 
 def sql_filter(ctx: Context, ref, spec: dict):

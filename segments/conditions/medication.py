@@ -76,7 +76,7 @@ class RefillLapse(EventCondition):
         ]
         if "drug_codes" in self.node:
             codes = self.node["drug_codes"]
-            tests.append(ctx.sql.may_contain_item(e.c.properties, "drug_code", codes))
+            tests.append(ctx.sql.may_contain(e.c.properties, ("drug_code",), codes, "items"))
             code = ctx.sql.text(item.json_text(("drug_code",)))
             tests += [
                 item.json_type(("drug_code",)).is_("string"),

@@ -66,10 +66,12 @@ def _consented(ctx: Context, purpose: str, channel: str):
 
 
 def _has_identifier(ctx: Context, type_: str, namespace: str | None):
-    query = sa.select(IDENTITIES.c.profile_id).where(IDENTITIES.c.type == type_)
+    """EXISTS per profile (by ix_identities_profile_id), not IN over every identifier of the
+    type: a common type (phone, openid) has a row for most profiles, fetched one by one."""
+    tests = [IDENTITIES.c.profile_id == PROFILES.c.id, IDENTITIES.c.type == type_]
     if namespace is not None:
-        query = query.where(IDENTITIES.c.namespace == namespace)
-    return PROFILES.c.id.in_(scoped(query, IDENTITIES.c.profile_id, ctx))
+        tests.append(IDENTITIES.c.namespace == namespace)
+    return sa.exists().where(*tests)
 
 
 @register
