@@ -11,6 +11,8 @@ from cdp.commands.output import domain_errors
 from cdp.db import db
 from cdp.exceptions import NotFound
 from cdp.models import Source
+from connectors import ecommerce_pull, wechat_pull
+from connectors.health import source_health
 
 
 @click.group("connectors", help="Channel connectors: pulls and health.")
@@ -25,7 +27,6 @@ def connectors_group():
 @domain_errors
 def sync(source_id, wait):
     """Pull now: WeChat followers (wechat) or orders (ecommerce)."""
-    from connectors import ecommerce_pull, wechat_pull
 
     source = db.session.get(Source, source_id)
     if source is None:
@@ -49,6 +50,5 @@ def sync(source_id, wait):
 @domain_errors
 def health(source_id):
     """Print a source's health (activity, errors with masked payloads, cursors) as JSON."""
-    from connectors.health import source_health
 
     click.echo(orjson.dumps(source_health(source_id), default=str).decode())

@@ -29,7 +29,7 @@ import requests
 import sqlalchemy as sa
 
 from cdp import jobs
-from cdp.actors import Actor
+from cdp.actors import SYSTEM, Actor
 from cdp.auth.permissions import require
 from cdp.db import db, utcnow
 from cdp.exceptions import NotFound, Unavailable
@@ -352,7 +352,6 @@ def start_order_pull(actor: Actor, source_id: str):
 @task
 def pull_due_sources() -> list[str]:
     """Periodic: start a pull for every pullable shop whose interval has passed."""
-    from cdp.actors import SYSTEM
 
     now, started = utcnow(), []
     for source in db.session.scalars(sa.select(Source).where(Source.kind == "ecommerce")):

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.db import db, utcnow
+from cdp.exceptions import NotFound
 from cdp.models import Source
 from connectors.models import ConnectorCursor, ConnectorError, ConnectorStat
 
@@ -236,8 +237,6 @@ def source_health(source_id: str, now: datetime | None = None) -> dict:
     now = now or utcnow()
     source = db.session.get(Source, source_id)
     if source is None:
-        from cdp.exceptions import NotFound
-
         raise NotFound("no such source", "source_id")
     hour, day = (
         _sums(source_id, now - timedelta(hours=1)),

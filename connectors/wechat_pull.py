@@ -23,7 +23,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from cdp import jobs
-from cdp.actors import Actor
+from cdp.actors import SYSTEM, Actor
 from cdp.auth.permissions import require
 from cdp.db import db, utcnow
 from cdp.exceptions import NotFound, Unavailable, ValidationFailed
@@ -246,7 +246,6 @@ def _valid(source: Source, options: dict) -> bool:
 @task
 def sync_due_sources() -> list[str]:
     """Periodic: queue a sync for each wechat source that is due (or due for a retry)."""
-    from cdp.actors import SYSTEM
 
     now, started = utcnow(), []
     for source in db.session.scalars(sa.select(Source).where(Source.kind == "wechat")):

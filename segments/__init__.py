@@ -2,15 +2,16 @@
 
 from flask import Flask
 
+from cdp.ingest.tasks import register_event_processor
+from cdp.queue import register_periodic
+from segments.cli import segments_group
+from segments.realtime import process_events
+from segments.tasks import PERIODIC
+
 
 def init_app(app: Flask) -> None:
     """Wire the event processor (real time), the scheduled refresh and the CLI."""
-    from cdp.ingest.tasks import register_event_processor
-    from cdp.queue import register_periodic
     from segments import models  # noqa: F401  (the tables join the app's metadata)
-    from segments.cli import segments_group
-    from segments.realtime import process_events
-    from segments.tasks import PERIODIC
 
     register_event_processor("segments", process_events)
     register_periodic(PERIODIC)

@@ -20,6 +20,7 @@ from flask import current_app
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.db import JSONType, UTCDateTime, db, utcnow
+from cdp.ingest import tasks as ingest_tasks
 from cdp.models import Event, OutboxBatch, Profile, Source
 from cdp.queue import enqueue
 from segments.compiler import analyze, compile_query
@@ -242,7 +243,6 @@ def enqueue_outbox(outbox_ids: list[int]) -> None:
     """After commit: hand the segment events to the downstream processors (journeys)."""
     if not outbox_ids:
         return
-    from cdp.ingest import tasks as ingest_tasks
 
     try:
         hand_off = getattr(ingest_tasks, "hand_off", None)

@@ -16,6 +16,7 @@ from cdp.exceptions import Conflict, NotFound, ValidationFailed
 from segments import definition as definitions
 from segments.compiler import analyze, compile_query
 from segments.membership import (
+    M,
     load_definition,
     make_context,
     members,
@@ -163,7 +164,6 @@ def archive_segment(actor: Actor, segment_id: int) -> Segment:
     if users:
         names = ", ".join(f"#{s.id} {s.name}" for s in users)
         raise Conflict(f"segment is used by other segments: {names}", "segment_id")
-    from segments.membership import M
 
     with transaction() as session:
         now = utcnow()

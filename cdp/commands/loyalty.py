@@ -16,6 +16,7 @@ from cdp.commands.output import domain_errors, emit
 from cdp.db import db
 from cdp.exceptions import NotFound
 from cdp.loyalty import ledger, partners, products, syncs
+from cdp.loyalty.demo import seed_loyalty
 from cdp.loyalty.tasks import expire_due
 from cdp.models.loyalty import Partner
 
@@ -169,7 +170,6 @@ def reconcile(as_json):
 @domain_errors
 def seed_demo(members, if_empty, as_json):
     """Make the demo pharmacy chains partners, with campaigns, coupons, redemptions, points."""
-    from cdp.loyalty.demo import seed_loyalty
 
     if if_empty and partners.list_partners():
         emit(as_json, {"partners": {}}, ["Partners exist already; nothing to do."])

@@ -18,8 +18,14 @@ from __future__ import annotations
 
 from flask import Flask
 
+from cdp.loyalty import privacy, tasks
 from cdp.loyalty.common import DEFAULTS, LOYALTY_SOURCE_KIND
+from cdp.loyalty.consents import watch_consent_withdrawals
+from cdp.privacy.erasure import register_erasure_hook
+from cdp.privacy.export import register_export_section
+from cdp.queue import register_periodic
 from cdp.sources import SourceKind, register_kind
+from cdp.sweeper import register_sweep_hook
 
 
 class LoyaltySourceKind(SourceKind):
@@ -31,12 +37,6 @@ class LoyaltySourceKind(SourceKind):
 
 def init_app(app: Flask) -> None:
     """Settings, the internal source kind, the expiry job, sweep hook and consent watch."""
-    from cdp.loyalty import privacy, tasks
-    from cdp.loyalty.consents import watch_consent_withdrawals
-    from cdp.privacy.erasure import register_erasure_hook
-    from cdp.privacy.export import register_export_section
-    from cdp.queue import register_periodic
-    from cdp.sweeper import register_sweep_hook
 
     for name, value in DEFAULTS.items():
         app.config.setdefault(name, value)

@@ -17,6 +17,7 @@ from cdp.db import db, transaction, utcnow
 from cdp.exceptions import ValidationFailed
 from cdp.loyalty.common import dialect_insert
 from cdp.models.loyalty import PRODUCT_CLASSES, Product
+from cdp.seed.vocab import DRUGS
 
 _CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 CLASS_NAMES = {
@@ -74,7 +75,6 @@ def describe(product: Product) -> str:
 
 def import_demo_products(actor: Actor) -> int:
     """Load the demo generator's drugs (Rx and OTC) into the catalogue; returns how many."""
-    from cdp.seed.vocab import DRUGS
 
     require(actor, "loyalty:edit")
     rows = [

@@ -7,9 +7,10 @@ periodic retention purge and content expiry jobs.
 
 from __future__ import annotations
 
+from cdp.privacy import consent_events, retention
+
 
 def init_app(app) -> None:
-    from cdp.privacy import consent_events, retention
 
     consent_events.init_app(app)
     retention.init_app(app)

@@ -33,6 +33,7 @@ from cdp.jobs import create_job, mark_finished, mark_running, report_progress
 from cdp.models import Event, Identity, OutboxBatch, Profile, Violation
 from cdp.models.privacy import PrivacyRequest
 from cdp.pii import vault
+from cdp.privacy.export import message_keys, violations_of
 from cdp.privacy.people import profile_family
 from cdp.privacy.tombstones import add_tombstones
 from cdp.profiles import decrypt_profile_pii, get_live_profile
@@ -110,7 +111,6 @@ def _personal_values(family: list[int]) -> tuple[list[tuple[str, str, str]], set
 
 
 def _erase_violations(family: list[int], needles: set[str], job_id: int | None) -> int:
-    from cdp.privacy.export import message_keys, violations_of
 
     removed = {v.id for v in violations_of(message_keys(family))}
     encoded = [n.encode() for n in needles]

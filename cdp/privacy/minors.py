@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 from cdp.consent import has_consent
+from cdp.content.library import local_date
 from cdp.models import Profile
 
 MINOR_AGE = 14
@@ -42,6 +43,5 @@ def is_minor(profile: Profile, day: date) -> bool:
 
 def marketing_blocked_as_minor(profile: Profile, at: datetime) -> bool:
     """True for an under-14 without a recorded guardian consent."""
-    from cdp.content.library import local_date
 
     return is_minor(profile, local_date(at)) and not has_consent(profile.id, GUARDIAN_PURPOSE)

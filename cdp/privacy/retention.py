@@ -15,10 +15,12 @@ import sqlalchemy as sa
 from cdp import audit
 from cdp.actors import Actor
 from cdp.auth.permissions import require
+from cdp.content.operations import expire_due
 from cdp.db import db, transaction, utcnow
 from cdp.exceptions import NotFound, ValidationFailed
 from cdp.models import Event
 from cdp.models.privacy import RetentionRule
+from cdp.privacy.erasure import requeue_stale_erasures
 from cdp.queue import PeriodicJob, register_periodic, task
 from cdp.sweeper import register_sweep_hook
 
@@ -112,13 +114,11 @@ def purge_expired_events(now: str | None = None) -> dict:
 
 @task
 def expire_content() -> int:
-    from cdp.content.operations import expire_due
 
     return expire_due(Actor(kind="system", role="admin", request_id="content-expiry"))
 
 
 def init_app(app) -> None:
-    from cdp.privacy.erasure import requeue_stale_erasures
 
     register_periodic(RETENTION_JOB)
     register_periodic(CONTENT_EXPIRY_JOB)

@@ -13,6 +13,7 @@ import orjson
 from flask import Blueprint, Response, abort, flash, redirect, render_template, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import IntegerField, SelectField, SelectMultipleField, StringField
 from wtforms.fields.choices import SelectChoice
@@ -300,7 +301,6 @@ def reconciliation():
 
 def profile_panel(profile_id: int) -> dict | None:
     """Context of ``loyalty/_profile_panel.html``: coupons, balance and points history."""
-    from flask_login import current_user
 
     if not current_user.is_authenticated or not allowed(current_user.role, "loyalty:view"):
         return None

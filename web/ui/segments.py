@@ -12,6 +12,7 @@ from cdp.exceptions import CdpError
 from segments import definition as definitions
 from segments import membership, service, tasks
 from segments.conditions import REGISTRY
+from web.api.segments import csv_response
 from web.session_auth import current_actor, requires
 from web.ui.forms import ActionForm
 
@@ -221,7 +222,6 @@ def archive(segment_id: int):
 @requires("segments:export")
 def export(segment_id: int):
     """Current members as CSV (profile ids and non-personal fields); audited."""
-    from web.api.segments import csv_response
 
     return csv_response(service.export_members(current_actor(), segment_id), segment_id)
 
