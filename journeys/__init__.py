@@ -2,6 +2,8 @@
 
 from flask import Flask
 
+from journeys import models  # noqa: F401  (the tables join the app's metadata)
+
 
 def init_app(app: Flask) -> None:
-    """Nothing to wire yet; the journey engine adds its jobs and sweep hooks here."""
+    """Wire the engine's event processor, periodic jobs, sweep hooks and CLI."""

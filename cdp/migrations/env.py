@@ -8,6 +8,7 @@ from flask import current_app
 
 import cdp.models  # noqa: F401  (registers every table on the metadata for autogenerate)
 import connectors.models  # noqa: F401
+import journeys.models  # noqa: F401
 import segments.models  # noqa: F401
 
 config = context.config
