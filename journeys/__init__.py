@@ -2,12 +2,21 @@
 
 from flask import Flask
 
+from cdp.ingest.tasks import register_event_processor
+from cdp.queue import register_periodic
 from journeys import (
     models,  # noqa: F401  (the tables join the app's metadata)
     settings,
 )
+from journeys.channels import receipts
+from journeys.engine import events
+from journeys.tasks import periodic_jobs
 
 
 def init_app(app: Flask) -> None:
-    """Wire the engine's event processor, periodic jobs, sweep hooks and CLI."""
+    """Wire the engine's event processors and periodic jobs (sweep, schedules)."""
     settings.init_app(app)
+    register_event_processor("journeys", events.process_events)
+    register_event_processor("journey-receipts", receipts.process_events)
+    for job in periodic_jobs(int(app.config["JOURNEY_SWEEP_SECONDS"])):
+        register_periodic(job)

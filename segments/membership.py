@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -237,6 +238,23 @@ def write_outbox(rows: list[tuple[int, int]]) -> list[int]:
         db.session.flush()
         ids.append(batch.id)
     return ids
+
+
+def emit_internal_event(
+    profile_id: int, message_id: str, name: str, properties: dict, now: datetime
+) -> Callable[[], None]:
+    """Insert one internal event in the caller's transaction (journeys: a trait they set).
+
+    Returns the hand-off to call after commit, so downstream processors see the event.
+    """
+    ensure_internal_source()
+    values = dict(zip(EVENT_COLUMNS, (INTERNAL_SOURCE_ID, message_id[:100], profile_id, "track",
+                                      name, now, now, properties, {"channel": "internal"}), strict=True))  # fmt: skip
+    rows = db.session.execute(
+        insert_events().values(**values).returning(Event.id, Event.profile_id)
+    ).all()
+    outbox_ids = write_outbox([tuple(row) for row in rows])
+    return lambda: enqueue_outbox(outbox_ids)
 
 
 def enqueue_outbox(outbox_ids: list[int]) -> None:

@@ -1,0 +1,1 @@
+"""The journey engine: entries, the step runner, the delivery outbox, schedules."""
