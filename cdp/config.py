@@ -40,6 +40,12 @@ ENV_VARS = (
     EnvSpec("CDP_ENV", "CDP_ENV", "development"),
     EnvSpec("CDP_PUBLIC_URL", "PUBLIC_URL", "http://127.0.0.1:5000"),
     EnvSpec("CDP_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", "10 per minute"),
+    # Journey engine (defaults in journeys/settings.py; unset means the default).
+    EnvSpec("CDP_JOURNEY_GLOBAL_CONTROL_PERCENT", "JOURNEY_GLOBAL_CONTROL_PERCENT", None),
+    EnvSpec("CDP_JOURNEY_SWEEP_SECONDS", "JOURNEY_SWEEP_SECONDS", None),
+    EnvSpec("CDP_JOURNEY_LEASE_SECONDS", "JOURNEY_LEASE_SECONDS", None),
+    EnvSpec("CDP_JOURNEY_RETRY_SECONDS", "JOURNEY_RETRY_SECONDS", None),
+    EnvSpec("CDP_JOURNEY_WEBHOOK_ALLOWED_HOSTS", "JOURNEY_WEBHOOK_ALLOWED_HOSTS", None),
 )
 
 

@@ -32,5 +32,12 @@ def setting(name: str):
 
 
 def init_app(app: Flask) -> None:
+    """Fill in defaults; numbers given as text (environment variables) become numbers."""
     for name, value in DEFAULTS.items():
-        app.config.setdefault(name, value)
+        current = app.config.get(name)
+        if current is None:
+            app.config[name] = value
+        elif isinstance(value, int) and isinstance(current, str):
+            app.config[name] = int(current)
+        elif isinstance(value, tuple) and isinstance(current, str):  # comma separated
+            app.config[name] = tuple(part.strip() for part in current.split(",") if part.strip())

@@ -21,6 +21,9 @@ CHANNEL_LABELS = {
     "pos": _l("Pharmacy POS"),
     "ecommerce": _l("E-commerce"),
     "http": _l("HTTP tracking API"),
+    "sms": _l("SMS gateway"),
+    "internal": _l("CarePath (internal)"),
+    "webhook": _l("Webhook"),
 }
 KIND_LABELS = {"patient": _l("Patient"), "hcp": _l("Doctor")}
 IDENTIFIER_LABELS = {

@@ -209,7 +209,11 @@ def _send(delivery: Delivery, now: datetime) -> str:
         _finish(delivery.id, "preview")
         return "preview"
     kind, message = rendered
-    channel = get_channel(delivery.channel)
+    try:
+        channel = get_channel(delivery.channel)
+    except PermanentError as error:  # a channel no adapter serves (any more)
+        _finish(delivery.id, "failed", reason=error.reason, detail=error.detail)
+        return "failed"
     url = (delivery.payload.get("step") or {}).get("url")
     out = Outbound(delivery.key, delivery.profile_id, delivery.channel, kind, message, url)
     try:
