@@ -1,5 +1,6 @@
-"""Registers the channel connectors (WeChat, mini-program, POS, e-commerce) with the app:
-their source kinds, HTTP endpoints, periodic pull jobs and ``cdp connectors`` commands."""
+"""Registers the channel connectors (WeChat, mini-program, POS, e-commerce, SMS reports) with the
+app: their source kinds, HTTP endpoints, periodic pull jobs, ``cdp connectors`` commands, and
+the WeChat send adapters."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from connectors import (
     ecommerce_pull,
     miniprogram,
     pos,
+    sms_reports,
     wechat,
     wechat_pull,
+    wechat_send,  # noqa: F401  (registers the WeChat send channels with journeys.channels)
 )
 
 
@@ -25,9 +28,10 @@ def init_app(app: Flask) -> None:
         miniprogram.MiniprogramSourceKind(),
         pos.PosSourceKind(),
         ecommerce.EcommerceSourceKind(),
+        sms_reports.SmsSourceKind(),
     ):
         register_kind(kind)
-    for blueprint in (wechat.bp, miniprogram.bp, pos.bp, ecommerce.bp):
+    for blueprint in (wechat.bp, miniprogram.bp, pos.bp, ecommerce.bp, sms_reports.bp):
         app.register_blueprint(blueprint)
     register_periodic(wechat_pull.PERIODIC)
     register_periodic(ecommerce_pull.PERIODIC)

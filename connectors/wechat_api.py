@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import timedelta
 
+import orjson
 import requests
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -38,6 +39,14 @@ BUSY = -1
 REFRESH_MARGIN = 300  # seconds before expiry when a token is refreshed
 FORCE_PER_DAY, FORCE_GAP = 20, 30
 TOKEN_KIND = "access_token"
+
+
+JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+
+
+def _json_bytes(body) -> bytes | None:
+    """UTF-8 JSON, Chinese as is (as wechatpy sends it; some WeChat APIs mishandle \\u)."""
+    return None if body is None else orjson.dumps(body)
 
 
 class WechatApiError(Exception):
@@ -203,7 +212,12 @@ class WechatClient:
             self.calls += 1
             try:
                 response = self.http.request(
-                    method, self.api_base + path, params=query, json=json_body, timeout=self.timeout
+                    method,
+                    self.api_base + path,
+                    params=query,
+                    data=_json_bytes(json_body),
+                    headers=JSON_HEADERS if json_body is not None else None,
+                    timeout=self.timeout,
                 )
             except (requests.Timeout, requests.ConnectionError) as exc:
                 self._retry_or_raise(attempt, f"{path}: {type(exc).__name__}")
@@ -242,6 +256,10 @@ class WechatClient:
         self.sleep(self.backoff * 2 ** (attempt - 1))
 
     # --- the APIs used ---------------------------------------------------------------------
+
+    def post(self, path: str, body: dict) -> dict:
+        """A JSON POST with the access token (the send adapters, ``connectors.wechat_send``)."""
+        return self._request("POST", path, json_body=body)
 
     def followers(self, next_openid: str = "") -> dict:
         """One page (≤ 10,000 openids) of the follower list."""

@@ -97,7 +97,7 @@ def pinned(definition: dict, version_id: int) -> dict:
 def test_one_instance_per_medicine_waits_until_run_out_and_sends_once(team, source, sms):
     item_id, version_id = content(team)
     journey = publish(pinned(refill(item_id), version_id))
-    pid = person(source, "u1", phone="13800138001")
+    person(source, "u1", phone="13800138001")
     track(source, "u1", "pos_purchase", items=ITEMS, store_code="S1")
     track(source, "u1", "pos_purchase", items=ITEMS, store_code="S1")  # same purchase again
     rows = instances(journey.id)
