@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 # Named queues, one per domain, in priority order for workers.
 QUEUES = ("ingest", "segments", "journeys", "delivery", "connectors", "models", "default")
+# The embedded mode's worker threads, each taking these queues in order.
+EMBEDDED_WORKER_GROUPS = (
+    ("ingest", "segments", "connectors", "models", "default"),
+    ("journeys", "delivery", "default"),
+)
 
 
 @dataclass(frozen=True)
@@ -194,9 +199,14 @@ class BackgroundLoop:
 
     def start(self, run_jobs: bool = True) -> None:
         bind_worker_app(self.app)
-        targets = [self._tick_loop] + ([self._work_loop] if run_jobs else [])
-        for target in targets:
-            thread = threading.Thread(target=target, name=f"cdp-{target.__name__}", daemon=True)
+        targets = [(self._tick_loop, ())]
+        if run_jobs:
+            # Two worker threads: a busy ingest drain (which keeps taking batches while
+            # events arrive) must not hold back journey steps and sends behind it.
+            targets += [(self._work_loop, (group,)) for group in EMBEDDED_WORKER_GROUPS]
+        for target, args in targets:
+            name = f"cdp-{target.__name__}-{'-'.join(*args) if args else 'tick'}"
+            thread = threading.Thread(target=target, args=args, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)
 
@@ -205,10 +215,9 @@ class BackgroundLoop:
         for thread in self.threads:
             thread.join(timeout)
 
-    def _work_loop(self) -> None:
-        worker = EmbeddedWorker(
-            self.tasks.all_queues(), connection=self.tasks.connection, serializer=JSONSerializer
-        )
+    def _work_loop(self, names: tuple[str, ...]) -> None:
+        queues = [self.tasks.queue(name) for name in names]
+        worker = EmbeddedWorker(queues, connection=self.tasks.connection, serializer=JSONSerializer)
         while not self.stop_event.is_set():
             try:
                 worker.work(burst=True, logging_level="WARNING")

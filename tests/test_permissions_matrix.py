@@ -24,6 +24,7 @@ from cdp.models import Merge, Violation
 from cdp.models.users import ROLES
 from cdp.privacy import erasure, retention
 from cdp.sources import create_source
+from journeys import service as journey_service
 from tests.conftest import make_user
 from tests.test_api import bearer, issue_token
 from tests.test_content import EXPIRES
@@ -177,6 +178,22 @@ class World:
                 ops.approve(reviewer, version.id, approval_code="MLR-1")
             return version.item_id
 
+    def journey(self, status: str = "draft") -> int:
+        writer = Actor(kind="user", user_id=self.writer, role="marketer")
+        definition = {
+            "audience": {"kind": "patient"},
+            "trigger": {"type": "event", "event": "signup"},
+            "start": "end",
+            "steps": [{"id": "end", "type": "exit"}],
+        }
+        with self.app.app_context():
+            journey = journey_service.create_journey(writer, f"j{self.n()}", definition)
+            if status in ("published", "paused"):
+                journey_service.publish(writer, journey.id)
+            if status == "paused":
+                journey_service.pause(writer, journey.id)
+            return journey.id
+
     def privacy_request(self) -> int:
         with self.app.app_context():
             return erasure.request_erasure(SYSTEM, self.profile()).id
@@ -266,6 +283,54 @@ VALID = {
         f"/api/v1/content/{w.content()}/preview",
         {"profile_id": w.profile()},
     ),
+    ("GET", "/api/v1/journeys"): lambda w: ("/api/v1/journeys", None),
+    ("POST", "/api/v1/journeys"): lambda w: ("/api/v1/journeys", {"name": "n", "definition": {}}),
+    ("POST", "/api/v1/journeys/validate"): lambda w: ("/api/v1/journeys/validate", {}),
+    ("GET", "/api/v1/journeys/<int:journey_id>"): lambda w: (
+        f"/api/v1/journeys/{w.journey()}",
+        None,
+    ),
+    ("PATCH", "/api/v1/journeys/<int:journey_id>"): lambda w: (
+        f"/api/v1/journeys/{w.journey()}",
+        {"name": "renamed"},
+    ),
+    ("POST", "/api/v1/journeys/<int:journey_id>/publish"): lambda w: (
+        f"/api/v1/journeys/{w.journey()}/publish",
+        {},
+    ),
+    ("POST", "/api/v1/journeys/<int:journey_id>/pause"): lambda w: (
+        f"/api/v1/journeys/{w.journey('published')}/pause",
+        None,
+    ),
+    ("POST", "/api/v1/journeys/<int:journey_id>/resume"): lambda w: (
+        f"/api/v1/journeys/{w.journey('paused')}/resume",
+        None,
+    ),
+    ("POST", "/api/v1/journeys/<int:journey_id>/archive"): lambda w: (
+        f"/api/v1/journeys/{w.journey()}/archive",
+        None,
+    ),
+    ("GET", "/api/v1/journeys/<int:journey_id>/versions"): lambda w: (
+        f"/api/v1/journeys/{w.journey('published')}/versions",
+        None,
+    ),
+    ("GET", "/api/v1/journeys/<int:journey_id>/versions/<int:number>"): lambda w: (
+        f"/api/v1/journeys/{w.journey('published')}/versions/1",
+        None,
+    ),
+    ("GET", "/api/v1/journeys/<int:journey_id>/stats"): lambda w: (
+        f"/api/v1/journeys/{w.journey()}/stats",
+        None,
+    ),
+    ("POST", "/api/v1/journeys/<int:journey_id>/test-mode"): lambda w: (
+        f"/api/v1/journeys/{w.journey()}/test-mode",
+        {"enabled": False},
+    ),
+    ("POST", "/api/v1/journeys/<int:journey_id>/dry-run"): lambda w: (
+        f"/api/v1/journeys/{w.journey()}/dry-run",
+        {},
+    ),
+    ("GET", "/api/v1/deliveries"): lambda w: ("/api/v1/deliveries", None),
     ("POST", "/api/v1/privacy/exports"): lambda w: (
         "/api/v1/privacy/exports",
         {"profile_id": w.profile()},

@@ -19,6 +19,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "segments:export",
             "journeys:view",
             "journeys:edit",
+            "journeys:publish",
             "content:view",
             "content:edit",
             "content:preview",

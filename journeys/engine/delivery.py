@@ -51,20 +51,22 @@ def _lease(now: datetime) -> datetime:
 
 def perform(delivery_ids: list[int], now: datetime | None = None) -> dict:
     """Perform the given deliveries that are due; returns counts by outcome."""
+    now = now or utcnow()
     outcomes: dict[str, int] = {}
-    for delivery_id in delivery_ids:
-        outcome = perform_one(delivery_id, now)
+    for delivery_id in _claim(delivery_ids, now):
+        outcome = _perform_claimed(delivery_id, now)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
 
 
-def _claim(delivery_id: int, now: datetime) -> bool:
+def _claim(delivery_ids: list[int], now: datetime) -> list[int]:
+    """Claim the due ones among ``delivery_ids`` (one statement); returns them in id order."""
     with transaction() as session:
         lock_for_writing(session, wait_ms=30_000)
-        claimed = session.execute(
+        claimed = session.scalars(
             sa.update(D)
             .where(
-                D.c.id == delivery_id,
+                D.c.id.in_(delivery_ids),
                 D.c.status == "pending",
                 sa.or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now),
             )
@@ -75,8 +77,9 @@ def _claim(delivery_id: int, now: datetime) -> bool:
                 next_attempt_at=_lease(now),
                 updated_at=now,
             )
-        ).rowcount
-    return claimed == 1
+            .returning(D.c.id)
+        ).all()
+    return sorted(claimed)
 
 
 def _finish(delivery_id: int, status: str, **values) -> None:
@@ -98,8 +101,12 @@ def _finish(delivery_id: int, status: str, **values) -> None:
 def perform_one(delivery_id: int, now: datetime | None = None) -> str:
     """Claim, check, perform and record one delivery (``now``: for tests and back-fills)."""
     now = now or utcnow()
-    if not _claim(delivery_id, now):
+    if not _claim([delivery_id], now):
         return "not_due"
+    return _perform_claimed(delivery_id, now)
+
+
+def _perform_claimed(delivery_id: int, now: datetime) -> str:
     delivery = db.session.get(Delivery, delivery_id, populate_existing=True)
     if _earlier_pending(delivery):
         _finish(delivery.id, "pending", next_attempt_at=now + ORDER_RETRY,

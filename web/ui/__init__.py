@@ -1,6 +1,17 @@
 """UI blueprints, listed once so the app registers them in one place."""
 
-from web.ui import areas, auth, content, dashboard, loyalty, privacy, profiles, segments, system
+from web.ui import (
+    areas,
+    auth,
+    content,
+    dashboard,
+    journeys,
+    loyalty,
+    privacy,
+    profiles,
+    segments,
+    system,
+)
 
 BLUEPRINTS = (
     auth.bp,
@@ -11,5 +22,6 @@ BLUEPRINTS = (
     content.bp,
     privacy.bp,
     segments.bp,
+    journeys.bp,
     loyalty.bp,
 )

@@ -29,7 +29,6 @@ bp = Blueprint("areas", __name__)
 
 # Areas whose capability lands with a later issue; the frame links them already.
 UPCOMING = {
-    "journeys": (_l("Journeys"), "journeys:view"),
     "models": (_l("Models"), "models:view"),
 }
 

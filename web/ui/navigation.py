@@ -21,7 +21,7 @@ NAV_ITEMS = (
     NavItem("dashboard.index", _l("Dashboard"), "dashboard:view"),
     NavItem("areas.profiles", _l("Profiles"), "profiles:view"),
     NavItem("segment.index", _l("Segments"), "segments:view"),
-    NavItem("areas.journeys", _l("Journeys"), "journeys:view"),
+    NavItem("journey.index", _l("Journeys"), "journeys:view"),
     NavItem("content_ui.index", _l("Content"), "content:view"),
     NavItem("loyalty.index", _l("Loyalty"), "loyalty:view"),
     NavItem("areas.models", _l("Models"), "models:view"),
