@@ -308,6 +308,8 @@ def _trait(delivery: Delivery, now: datetime) -> str:
     return _internal(delivery, effect)
 
 
+# Step type -> how its delivery is performed: fn(delivery, now) -> outcome. Other packages
+# add step types with ``register_action`` (and the step's schema and EFFECT_STEPS entry).
 ACTIONS = {
     "send": _send,
     "webhook": _send,
@@ -315,6 +317,20 @@ ACTIONS = {
     "award_points": _points,
     "update_trait": _trait,
 }
+
+
+def register_action(step_type: str, perform_fn, internal: bool = True) -> None:
+    """Perform deliveries of ``step_type`` with ``perform_fn``; ``internal``: idempotent by
+    the delivery key (safe to redo after a crash), like coupons and points."""
+    global INTERNAL
+    ACTIONS[step_type] = perform_fn
+    if internal and step_type not in INTERNAL:
+        INTERNAL = (*INTERNAL, step_type)
+
+
+def finish(delivery_id: int, status: str, **values) -> None:
+    """For registered actions: record the outcome (sent, skipped with a reason, failed)."""
+    _finish(delivery_id, status, **values)
 
 
 def recover(delivery_ids: list[int], now: datetime | None = None) -> dict:
@@ -338,3 +354,7 @@ def recover(delivery_ids: list[int], now: datetime | None = None) -> dict:
         _finish(delivery.id, status, **values)
         counts[status] += 1
     return counts
+
+
+# For registered actions: run ``effect() -> (provider_id, response)``; CdpError -> skipped.
+run_internal = _internal
