@@ -383,3 +383,29 @@ def test_test_mode_only_lets_test_profiles_in_and_sends_to_the_preview_log(team,
     (row,) = deliveries()
     assert row.status == "preview" and "text" in row.payload["message"]
     assert sms.calls == []
+
+
+def test_refusing_automated_marketing_ends_every_marketing_journey(team, source, sms):
+    """PIPL Art. 24: the refusal removes the person at once, and at every step after."""
+    item_id, version_id = content(team, text=PROMO_SMS, category="marketing")
+    pid = person(source, "pipl")
+    grant(pid)
+    definition = {"audience": {"kind": "patient"}, "trigger": {"type": "event", "event": "x"},
+                  "start": "w", "steps": [
+                      {"id": "w", "type": "wait", "duration": "1d", "next": "s"},
+                      {"id": "s", "type": "send", "channel": "sms", "content_id": item_id,
+                       "content_version_id": version_id}]}  # fmt: skip
+    marketing = publish(definition)
+    wait_only = [{"id": "w", "type": "wait", "duration": "1d"}]
+    service = publish({**definition, "category": "service", "steps": wait_only})
+    track(source, "pipl", "x")
+    run()
+    record_consent(SYSTEM, pid, "automated_marketing", "*", "withdrawn")
+    db.session.commit()
+    track(source, "pipl", "anything")  # the next batch of this person's events
+    assert [(r.state, r.exit_reason) for r in instances(marketing.id)] == [
+        ("exited", "automated_marketing_refused")
+    ]
+    assert instances(service.id)[0].state == "waiting"  # service notices continue
+    run(later(days=2))
+    assert deliveries(journey_id=marketing.id) == [] and sms.calls == []

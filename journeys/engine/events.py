@@ -13,8 +13,9 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from cdp.consent import refused_profiles
 from cdp.db import db, lock_for_writing, utcnow
-from cdp.models import Event
+from cdp.models import ConsentState, Event
 from journeys.definition import where_matches
 from journeys.engine.entry import Candidate, enter_candidates
 from journeys.engine.plans import running_plans
@@ -30,6 +31,7 @@ def process_events(event_ids: list[int], profile_ids: list[int]) -> None:
     plans = running_plans()
     if not plans or not event_ids:
         return
+    _refusals(plans, profile_ids, utcnow())
     live = [plan for plan in plans if plan.live and plan.status == "published"]
     names = set().union(*(plan.event_names() for plan in plans)) | {SEGMENT_ENTERED, SEGMENT_EXITED}
     events = db.session.execute(
@@ -68,6 +70,27 @@ def _enter(plans, events, now) -> list[int]:
         if found:
             started += enter_candidates(plan, found, now)
     return started
+
+
+def _refusals(plans, profile_ids: list[int], now) -> None:
+    """PIPL Art. 24: a refusal of automated marketing ends every marketing journey at once."""
+    marketing = [plan.version_id for plan in plans if plan.marketing]
+    if not marketing or not profile_ids:
+        return
+    refused = refused_profiles("automated_marketing").where(
+        ConsentState.profile_id.in_(profile_ids)
+    )
+    ids = db.session.scalars(
+        sa.select(I.c.id).where(
+            I.c.version_id.in_(marketing),
+            I.c.profile_id.in_(refused),
+            I.c.state.in_(LIVE_STATES),
+        )
+    ).all()
+    if ids:
+        lock_for_writing(db.session, wait_ms=30_000)
+        _end_instances(list(ids), "automated_marketing_refused", now)
+        db.session.commit()
 
 
 def _wake(events, now) -> list[int]:

@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from cdp.consent import refused_profiles
 from cdp.db import db, lock_for_writing, utcnow
-from cdp.models import Event, Profile
+from cdp.models import ConsentState, Event, Profile
 from cdp.models.content import ContentVersion
 from journeys.definition import EFFECT_STEPS, parse_duration, where_matches
 from journeys.engine.plans import Plan, plans_for_versions
@@ -134,9 +135,31 @@ def _wait(run: Run, until: datetime, waiting_event: str | None = None) -> None:
     run.settled = True
 
 
+def _check_refusals(batch: Batch) -> None:
+    """PIPL Art. 24: who refused automated marketing leaves every marketing journey."""
+    runs = [run for run in batch.runs if run.plan.marketing and not run.settled]
+    if not runs:
+        return
+    refused = set(
+        db.session.scalars(
+            refused_profiles("automated_marketing").where(
+                ConsentState.profile_id.in_({run.profile_id for run in runs})
+            )
+        )
+    )
+    for run in runs:
+        if run.profile_id in refused:
+            run.log.append((run.step_id, "exited:automated_marketing_refused"))
+            _end(run, "exited", "automated_marketing_refused", batch.now)
+
+
 def _check_exits(batch: Batch) -> None:
     """Exit criteria are checked at every step: an exit event since entry ends the instance."""
+    _check_refusals(batch)
     runs = [run for run in batch.runs if any("event" in e for e in run.plan.exits)]
+    if not runs:
+        return
+    runs = [run for run in runs if not run.settled]
     if not runs:
         return
     names = {e["event"] for run in runs for e in run.plan.exits if "event" in e}
