@@ -120,11 +120,11 @@ def bench_steps_and_sweep(path: str, waiting: int, due: int) -> None:
         started = time.perf_counter()
         add_instances(journey_id, version_id, ids[:waiting], "w", future, "waiting")
         print(f"  {waiting:,} waiting instances inserted in {time.perf_counter() - started:.1f} s")
-        seconds, claimed = timed(claim_due, utcnow())
+        seconds, claimed = timed(claim_due, utcnow(), due)
         print(f"  sweep with {waiting:,} waiting, 0 due: {seconds * 1000:.1f} ms ({len(claimed)})")
         add_instances(journey_id, version_id, ids[waiting:], "ab", utcnow(), "active")
         now = utcnow() + timedelta(seconds=1)
-        seconds, claimed = timed(claim_due, now)
+        seconds, claimed = timed(claim_due, now, due)
         print(
             f"  sweep with {waiting:,} waiting, {due:,} due: {seconds * 1000:.1f} ms "
             f"({len(claimed):,} claimed, {seconds / max(len(claimed), 1) * 1e6:.1f} µs each)"

@@ -8,6 +8,8 @@ journey passes, e.g. ``context.refill_date``). Undefined values are errors, neve
 
 from __future__ import annotations
 
+import functools
+
 from jinja2 import StrictUndefined, TemplateError, UndefinedError, nodes
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -78,6 +80,12 @@ def _walk(node: nodes.Node, parent: nodes.Node | None, used: set[str], bare: set
 
 def variables_in(source: str, where: str = "body") -> set[str]:
     """The ``profile.x`` / ``context.y`` variables a template uses; RenderError if it is bad."""
+    return set(_variables_in(source, where))
+
+
+@functools.lru_cache(maxsize=2048)
+def _variables_in(source: str, where: str) -> frozenset[str]:
+    # Cached: journeys render the same approved templates for every recipient.
     try:
         tree = TEXT_ENV.parse(source)
     except TemplateError as exc:
@@ -94,7 +102,7 @@ def variables_in(source: str, where: str = "body") -> set[str]:
     if bare:
         name = sorted(bare)[0]
         raise RenderError(f"{where}: use {name}.<name>, not {name} itself", where)
-    return used
+    return frozenset(used)
 
 
 def variables_of(kind: str, body: dict) -> list[str]:
@@ -132,9 +140,15 @@ def missing_variables(variables: list[str], profile: dict, context: dict) -> lis
     return missing
 
 
+@functools.lru_cache(maxsize=2048)
+def _template(env, source: str):
+    """Compiled once per template text and sandbox (compiling costs more than rendering)."""
+    return env.from_string(source)
+
+
 def _render_one(source: str, where: str, env, values: dict) -> str:
     try:
-        text = env.from_string(source).render(**values)
+        text = _template(env, source).render(**values)
     except UndefinedError:
         variables = sorted(variables_in(source, where))
         missing = missing_variables(variables, values["profile"], values["context"])

@@ -108,11 +108,12 @@ def perform_one(delivery_id: int, now: datetime | None = None) -> str:
 
 def _perform_claimed(delivery_id: int, now: datetime) -> str:
     delivery = db.session.get(Delivery, delivery_id, populate_existing=True)
-    if _earlier_pending(delivery):
+    hold = _hold(delivery)
+    if hold == "postponed":
         _finish(delivery.id, "pending", next_attempt_at=now + ORDER_RETRY,
                 attempts=delivery.attempts - 1)  # fmt: skip
         return "postponed"
-    if _instance_exited(delivery):
+    if hold == "exited":
         _finish(delivery.id, "skipped", reason="instance_exited")
         return "skipped"
     try:
@@ -124,31 +125,21 @@ def _perform_claimed(delivery_id: int, now: datetime) -> str:
         return "retry"
 
 
-def _earlier_pending(delivery: Delivery) -> bool:
-    """Effects of one instance happen in order (a coupon before the message announcing it)."""
+def _hold(delivery: Delivery) -> str | None:
+    """Why not now: an earlier effect of the instance is still going (effects of one instance
+    happen in order: the coupon before the message announcing it), or the instance exited."""
     if delivery.instance_id is None:
-        return False
-    return (
-        db.session.scalar(
-            sa.select(D.c.id)
-            .where(
-                D.c.instance_id == delivery.instance_id,
-                D.c.id < delivery.id,
-                D.c.status.in_(("pending", "sending")),
-            )
-            .limit(1)
-        )
-        is not None
+        return None
+    state = sa.select(JourneyInstance.state).where(JourneyInstance.id == delivery.instance_id)
+    earlier = sa.exists().where(
+        D.c.instance_id == delivery.instance_id,
+        D.c.id < delivery.id,
+        D.c.status.in_(("pending", "sending")),
     )
-
-
-def _instance_exited(delivery: Delivery) -> bool:
-    if delivery.instance_id is None:
-        return False
-    state = db.session.scalar(
-        sa.select(JourneyInstance.state).where(JourneyInstance.id == delivery.instance_id)
-    )
-    return state == "exited"
+    row = db.session.execute(sa.select(state.scalar_subquery(), earlier)).one()
+    if row[1]:
+        return "postponed"
+    return "exited" if row[0] == "exited" else None
 
 
 def _retry(delivery: Delivery, reason: str, detail: str, retry_after: float | None) -> str:

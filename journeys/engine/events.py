@@ -21,7 +21,7 @@ from journeys.engine.entry import Candidate, enter_candidates
 from journeys.engine.plans import running_plans
 from journeys.engine.triggers import candidates
 from journeys.models import LIVE_STATES, Delivery, JourneyInstance, JourneyStepLog
-from journeys.tasks import queue_advance
+from journeys.tasks import kick
 
 I = JourneyInstance.__table__  # noqa: E741
 SEGMENT_ENTERED, SEGMENT_EXITED = "segment_entered", "segment_exited"
@@ -48,7 +48,8 @@ def process_events(event_ids: list[int], profile_ids: list[int]) -> None:
     _exit(plans, events, now)
     _convert(plans, events)
     db.session.commit()
-    queue_advance(started + woken)
+    if started or woken:
+        kick()
 
 
 def _enter(plans, events, now) -> list[int]:
