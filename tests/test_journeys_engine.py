@@ -12,7 +12,7 @@ from cdp.db import db, utcnow
 from cdp.sources import create_source
 from journeys.channels import CHANNELS, PermanentError
 from journeys.control import in_global_control
-from journeys.engine import delivery
+from journeys.engine import delivery, runner
 from journeys.models import ChannelUnreachable, JourneyStepLog
 from journeys.tasks import claim_due
 from tests.journey_helpers import (
@@ -409,3 +409,32 @@ def test_refusing_automated_marketing_ends_every_marketing_journey(team, source,
     assert instances(service.id)[0].state == "waiting"  # service notices continue
     run(later(days=2))
     assert deliveries(journey_id=marketing.id) == [] and sms.calls == []
+
+
+def test_recovery_resends_only_what_the_provider_never_saw_or_can_dedupe(team, source, sms):
+    """A worker died: never asked → sent again; asked a non-deduping provider → uncertain."""
+    item_id, version_id = content(team, text=PLAIN_SMS)
+    publish({"category": "service", "audience": {"kind": "patient"},
+             "trigger": {"type": "event", "event": "x"}, "start": "s",
+             "steps": [{"id": "s", "type": "send", "channel": "sms", "content_id": item_id,
+                        "content_version_id": version_id}]})  # fmt: skip
+    for user in ("r-never", "r-asked"):
+        person(source, user)
+        track(source, user, "x")
+    now = utcnow()
+    runner.advance(claim_due(now), now=now)
+    never, asked = deliveries()
+    # Both were claimed and rendered; then the worker died, once before asking the
+    # provider and once while waiting for its answer.
+    for row, stamp in ((never, None), (asked, now)):
+        row.status, row.claimed_until, row.next_attempt_at = "sending", now, now
+        row.payload = {**row.payload, "kind": "sms", "message": {"text": "x"}}
+        row.sent_at = stamp
+    db.session.commit()
+    assert delivery.recover([never.id, asked.id], now + timedelta(seconds=1)) == {
+        "pending": 1, "uncertain": 1}  # fmt: skip
+    assert [(d.status, d.reason) for d in deliveries()] == [
+        ("pending", None), ("uncertain", "worker_lost")]  # fmt: skip
+    delivery.perform([never.id], now + timedelta(seconds=2))
+    assert [d.status for d in deliveries()] == ["sent", "uncertain"]
+    assert len(sms.calls) == 1

@@ -6,7 +6,8 @@ have been withdrawn while the person waited) and render the message, committing 
 rendered message BEFORE the provider is called; then call the provider with the row's key
 as idempotency key; then record the result. A worker that dies in between leaves a
 ``sending`` row whose lease expires; ``recover`` then resends it only when that is safe:
-nothing was called yet (no rendered message), or the provider dedupes on our key (WeChat
+the provider was never asked (``sent_at``, stamped just before the call, is unset), or
+the provider dedupes on our key (WeChat
 ``client_msg_id``, webhook ``Idempotency-Key``, our own coupons and points). Otherwise the
 row becomes ``uncertain`` and is never sent again.
 """
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 D = Delivery.__table__
 ORDER_RETRY = timedelta(seconds=2)  # an earlier effect of the same instance is still going
 INTERNAL = ("issue_coupon", "award_points", "update_trait")  # idempotent by our own key
+RENDERED = ("send", "webhook")  # checked against the content guards and rendered first
 
 
 def _lease(now: datetime) -> datetime:
@@ -50,13 +52,59 @@ def _lease(now: datetime) -> datetime:
 
 
 def perform(delivery_ids: list[int], now: datetime | None = None) -> dict:
-    """Perform the given deliveries that are due; returns counts by outcome."""
+    """Perform the given deliveries that are due; returns counts by outcome.
+
+    The claimed sends are checked and rendered together in one transaction (committed
+    before any provider is called); then each is performed and recorded on its own.
+    """
     now = now or utcnow()
     outcomes: dict[str, int] = {}
-    for delivery_id in _claim(delivery_ids, now):
-        outcome = _perform_claimed(delivery_id, now)
+
+    def count(outcome: str) -> None:
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    claimed = _claim(delivery_ids, now)
+    if not claimed:
+        return outcomes
+    ready = _prepare(claimed, now, count)
+    for delivery_id in ready:
+        count(_perform_claimed(delivery_id, now))
     return outcomes
+
+
+def _prepare(claimed: list[int], now: datetime, count) -> list[int]:
+    """Hold back what must wait, render the sends; returns the ids to perform now."""
+    ready = []
+    with transaction() as session:
+        lock_for_writing(session, wait_ms=30_000)
+        rows = session.scalars(
+            sa.select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)
+            .execution_options(populate_existing=True)
+        ).all()  # fmt: skip
+        for delivery in rows:
+            hold = _hold(delivery)
+            if hold == "postponed":
+                delivery.status, delivery.attempts = "pending", delivery.attempts - 1
+                delivery.next_attempt_at, delivery.claimed_until = now + ORDER_RETRY, None
+                count("postponed")
+            elif hold == "exited":
+                _skip(delivery, "instance_exited", "", now)
+                count("skipped")
+            elif delivery.action in RENDERED and "message" not in delivery.payload:
+                blocked = _render(session, delivery, now)
+                if blocked is None:
+                    ready.append(delivery.id)
+                else:
+                    _skip(delivery, blocked.reason, str(blocked)[:1000], now)
+                    count("skipped")
+            else:
+                ready.append(delivery.id)
+    return ready
+
+
+def _skip(delivery: Delivery, reason: str, detail: str, now: datetime) -> None:
+    delivery.status, delivery.reason, delivery.detail = "skipped", reason, detail
+    delivery.next_attempt_at, delivery.claimed_until, delivery.updated_at = None, None, now
 
 
 def _claim(delivery_ids: list[int], now: datetime) -> list[int]:
@@ -98,24 +146,8 @@ def _finish(delivery_id: int, status: str, **values) -> None:
         )
 
 
-def perform_one(delivery_id: int, now: datetime | None = None) -> str:
-    """Claim, check, perform and record one delivery (``now``: for tests and back-fills)."""
-    now = now or utcnow()
-    if not _claim([delivery_id], now):
-        return "not_due"
-    return _perform_claimed(delivery_id, now)
-
-
 def _perform_claimed(delivery_id: int, now: datetime) -> str:
     delivery = db.session.get(Delivery, delivery_id, populate_existing=True)
-    hold = _hold(delivery)
-    if hold == "postponed":
-        _finish(delivery.id, "pending", next_attempt_at=now + ORDER_RETRY,
-                attempts=delivery.attempts - 1)  # fmt: skip
-        return "postponed"
-    if hold == "exited":
-        _finish(delivery.id, "skipped", reason="instance_exited")
-        return "skipped"
     try:
         return ACTIONS[delivery.action](delivery, now)
     except Exception:
@@ -180,38 +212,34 @@ def _context(delivery: Delivery) -> dict:
     return context
 
 
-def _render(delivery: Delivery, now: datetime) -> tuple[str, dict] | None:
-    """Check and render (committing it before any provider call); None when it was skipped."""
-    if "message" in delivery.payload:
-        return delivery.payload["kind"], delivery.payload["message"]
+def _render(session, delivery: Delivery, now: datetime) -> SendBlocked | None:
+    """Check the guards and render into the payload (a savepoint: a refusal undoes only
+    this one, e.g. a consumed subscribe credit); returns the refusal, if any."""
     context = _context(delivery)
     try:
-        with transaction() as session:
-            lock_for_writing(session, wait_ms=30_000)
+        with session.begin_nested():
             version = get_version(delivery.content_version_id)
             kind = get_item(version.item_id).kind
             message = prepare_send(version, delivery.profile_id, delivery.channel, now, context)
             delivery.payload = {**delivery.payload, "kind": kind, "message": message}
     except SendBlocked as blocked:
-        db.session.rollback()
-        _finish(delivery.id, "skipped", reason=blocked.reason, detail=str(blocked)[:1000])
-        return None
-    return kind, message
+        return blocked
+    return None
 
 
 def _send(delivery: Delivery, now: datetime) -> str:
-    rendered = _render(delivery, now)
-    if rendered is None:
-        return "skipped"
     if delivery.test:
         _finish(delivery.id, "preview")
         return "preview"
-    kind, message = rendered
+    kind, message = delivery.payload["kind"], delivery.payload["message"]
     try:
         channel = get_channel(delivery.channel)
     except PermanentError as error:  # a channel no adapter serves (any more)
         _finish(delivery.id, "failed", reason=error.reason, detail=error.detail)
         return "failed"
+    if delivery.sent_at is None:  # from now on the provider may have it (see recover)
+        with transaction() as session:
+            session.execute(sa.update(D).where(D.c.id == delivery.id).values(sent_at=utcnow()))
     url = (delivery.payload.get("step") or {}).get("url")
     out = Outbound(delivery.key, delivery.profile_id, delivery.channel, kind, message, url)
     try:
@@ -336,7 +364,7 @@ def recover(delivery_ids: list[int], now: datetime | None = None) -> dict:
     ).all():  # fmt: skip
         safe = (
             delivery.action in INTERNAL
-            or "message" not in (delivery.payload or {})
+            or delivery.sent_at is None  # the provider was never asked
             or delivery.test
             or get_channel(delivery.channel).idempotent
         )
