@@ -257,28 +257,12 @@ def test_erasure_hook_and_consent_records_go_too(person, source):
         erasure.ERASURE_HOOKS.pop("test")
 
 
-def test_ingestion_with_the_tombstone_hook_drops_events_until_re_consent(
-    person, source, monkeypatch
-):
-    """Stands in for the one-line wiring in cdp.ingest.pipeline._store (see docs/security.md)."""
-    import cdp.ingest.pipeline as pipeline
-
-    if not hasattr(pipeline, "_drop_duplicates"):
-        pytest.skip(
-            "the pipeline changed: wire tombstones.filter_batch where fresh events are kept"
-        )
-    original = pipeline._drop_duplicates
-
-    def with_tombstones(source_id, candidates, result):
-        return tombstones.filter_batch(original(source_id, candidates, result))[0]
-
-    monkeypatch.setattr(pipeline, "_drop_duplicates", with_tombstones)
+def test_ingestion_drops_an_erased_persons_new_events_until_re_consent(person, source):
+    """The tombstones left by an erasure keep the person erased against new events."""
     erasure.run_erasure(erasure.request_erasure(SYSTEM, person).id)
     again = ingest(source, [{"type": "identify", "userId": USER_ID, "traits": {"city": "杭州"}}])
-    assert (
-        again.accepted == 0
-        and db.session.scalar(sa.select(sa.func.count()).select_from(Profile)) == 0
-    )
+    assert (again.accepted, again.suppressed) == (0, 1)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Profile)) == 0
     back = ingest(
         source, [{"type": "identify", "userId": USER_ID, "traits": {"consents": {"sms": True}}}]
     )

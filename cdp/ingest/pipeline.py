@@ -31,6 +31,7 @@ from cdp.identity.resolver import Resolver, StaleRead
 from cdp.ingest.messages import Candidate, Preparer, Rejected
 from cdp.ingest.tasks import hand_off
 from cdp.models import Event, OutboxBatch, Source, Violation
+from cdp.privacy.tombstones import filter_batch
 from cdp.pii import vault
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,18 @@ class IngestResult:
     rejected: list[dict] = field(default_factory=list)
     outbox_id: int | None = None
     profile_ids: list[int] = field(default_factory=list)
+    suppressed: int = 0  # events of erased people (tombstoned identifiers), acked, not kept
 
     def as_dict(self) -> dict:
-        return {
+        answer = {
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "flagged": self.flagged,
             "rejected": self.rejected,
         }
+        if self.suppressed:
+            answer["suppressed"] = self.suppressed
+        return answer
 
 
 @dataclass
@@ -212,6 +217,9 @@ def _store(source_id: str, default_kind: str, prepared: Prepared, received_at) -
     lock_for_writing(session, SQLITE_LOCK_WAIT_MS)
     connection = session.connection()
     fresh = _drop_duplicates(source_id, prepared.candidates, result)
+    # Erased people stay erased: their identifiers' tombstones drop new events (acked, not
+    # stored) until one of them re-consents.
+    fresh, result.suppressed = filter_batch(fresh)
     resolver = Resolver(session, vault(), source_id, INGEST_ACTOR)
     resolver.preload([i for c in fresh for i in c.identifiers])
     for c in fresh:
