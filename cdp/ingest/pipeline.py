@@ -31,8 +31,8 @@ from cdp.identity.resolver import Resolver, StaleRead
 from cdp.ingest.messages import Candidate, Preparer, Rejected
 from cdp.ingest.tasks import hand_off
 from cdp.models import Event, OutboxBatch, Source, Violation
-from cdp.privacy.tombstones import filter_batch
 from cdp.pii import vault
+from cdp.privacy.tombstones import filter_batch
 
 log = logging.getLogger(__name__)
 INGEST_ACTOR = Actor(kind="system", role="admin", request_id="ingest")
