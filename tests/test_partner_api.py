@@ -373,3 +373,24 @@ def test_committed_loyalty_events_are_handed_off_in_bulk(loyalty):
         from cdp.ingest.tasks import process_batch
 
         assert process_batch(batch.id) == "processed"
+
+
+def test_each_partner_key_has_its_own_rate_limit(loyalty):
+    """A noisy till system gets 429 with Retry-After; the other partner is not slowed."""
+    loyalty.app.config["PARTNER_RATE_LIMIT"] = "5 per minute"
+    c = loyalty.client
+    codes = [c.get("/api/v1/partner/me", headers=loyalty.a.headers).status_code for _ in range(7)]
+    assert codes == [200] * 5 + [429, 429]
+    refused = c.get("/api/v1/partner/me", headers=loyalty.a.headers)
+    assert refused.headers.get("Retry-After") and refused.get_json()["message"]
+    assert c.get("/api/v1/partner/me", headers=loyalty.b.headers).status_code == 200
+
+
+def test_openapi_declares_partner_keys_on_the_partner_api(loyalty):
+    spec = loyalty.client.get("/api/openapi.json").get_json()
+    assert spec["components"]["securitySchemes"]["partnerKey"]["scheme"] == "bearer"
+    partner_ops = [op for path, ops in spec["paths"].items() if path.startswith("/api/v1/partner")
+                   for op in ops.values() if isinstance(op, dict) and "responses" in op]  # fmt: skip
+    assert partner_ops and all(op["security"] == [{"partnerKey": []}] for op in partner_ops)
+    other = spec["paths"]["/api/v1/coupon-campaigns"]
+    assert all("security" not in op for op in other.values() if isinstance(op, dict))

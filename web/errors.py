@@ -36,7 +36,11 @@ def handle_http_exception(exc: HTTPException):
         message = data.get("message") or exc.description or exc.name
         headers = dict(data.get("headers") or {})
         if code == 429 and "Retry-After" not in headers:
-            headers.update(dict(exc.get_headers()) if hasattr(exc, "get_headers") else {})
+            # Only the rate-limit headers: the exception's own Content-Type is text/html.
+            raw = dict(exc.get_headers()) if hasattr(exc, "get_headers") else {}
+            headers.update(
+                {k: v for k, v in raw.items() if k == "Retry-After" or k.startswith("X-RateLimit")}
+            )
         return _json_error(code, exc.name, message, data.get("messages"), headers)
     template = "errors/error.html"
     return render_template(template, code=code, name=exc.name, description=exc.description), code

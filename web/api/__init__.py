@@ -8,6 +8,7 @@ from flask_smorest import Api
 from web.api import (
     consents,
     content,
+    hcp,
     identity,
     jobs,
     journeys,
@@ -39,6 +40,7 @@ API_BLUEPRINTS = (
     content.bp,
     consents.bp,
     privacy.bp,
+    hcp.bp,
 )
 
 
@@ -50,6 +52,20 @@ def register_api(app: Flask) -> None:
         "bearer", {"type": "http", "scheme": "bearer", "description": "from `cdp tokens create`"}
     )
     api.spec.options["security"] = [{"bearer": []}]
+    api.spec.components.security_scheme(
+        "partnerKey",
+        {"type": "http", "scheme": "bearer", "description": "a partner key (`pk_…`)"},
+    )
     for blueprint in API_BLUEPRINTS:
         csrf.exempt(blueprint)
         api.register_blueprint(blueprint)
+    _partner_security(api)
+
+
+def _partner_security(api: Api) -> None:
+    """The partner API takes partner keys, not user tokens: say so on each of its operations."""
+    for path, operations in api.spec._paths.items():  # apispec keeps no public accessor
+        if path.startswith(partner.bp.url_prefix):
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation["security"] = [{"partnerKey": []}]

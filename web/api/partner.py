@@ -7,7 +7,7 @@ another partner's member, coupon, redemption or points entry is always a 404.
 
 from __future__ import annotations
 
-from flask import g, request, url_for
+from flask import current_app, g, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from marshmallow import Schema, fields, validate
@@ -19,6 +19,7 @@ from cdp.loyalty.partners import PartnerActor, authenticate_key, get_partner, li
 from cdp.loyalty.syncs import get_sync, rejected_rows, start_sync
 from connectors.pharmacy import parse_upload
 from web.api.schemas import decode_cursor, encode_cursor
+from web.extensions import limiter
 from web.session_auth import client_ip
 
 bp = Blueprint(
@@ -28,6 +29,23 @@ bp = Blueprint(
     description="Partner pharmacy API (partner key as the bearer token)",
 )
 _QUERY_KEY_PARAMS = ("access_token", "token", "api_key", "apikey", "key")
+
+
+def _partner_key_bucket() -> str:
+    """Rate-limit bucket: the presented key's public prefix (one bucket per partner key).
+
+    Runs before authentication, so an unknown key only spends its own bucket.
+    """
+    _, _, raw = request.headers.get("Authorization", "").partition(" ")
+    return "partner:" + (raw.strip()[:16] or client_ip())
+
+
+def _partner_limit() -> str:
+    return current_app.config.get("PARTNER_RATE_LIMIT") or "1200 per minute"
+
+
+# One noisy partner (a till system in a retry loop) cannot starve the others.
+limiter.limit(_partner_limit, key_func=_partner_key_bucket)(bp)
 
 
 @bp.before_request
