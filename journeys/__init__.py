@@ -9,6 +9,7 @@ from journeys import (
     settings,
 )
 from journeys.channels import receipts
+from journeys.cli import journeys_group
 from journeys.engine import events
 from journeys.tasks import periodic_jobs
 
@@ -16,6 +17,7 @@ from journeys.tasks import periodic_jobs
 def init_app(app: Flask) -> None:
     """Wire the engine's event processors and periodic jobs (sweep, schedules)."""
     settings.init_app(app)
+    app.cli.add_command(journeys_group)
     register_event_processor("journeys", events.process_events)
     register_event_processor("journey-receipts", receipts.process_events)
     for job in periodic_jobs(int(app.config["JOURNEY_SWEEP_SECONDS"])):

@@ -361,6 +361,7 @@ DEFAULTS = {
     "LOYALTY_ACTION_POINTS": {
         "quiz_completed": 20,
         "survey_completed": 10,
+        "refill_on_time": 30,  # a repeat purchase of an OTC medicine before it ran out
         "article_read": 2,
         "cme_module_completed": 50,
     },

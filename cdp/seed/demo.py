@@ -3,7 +3,9 @@
 Rows are built as plain dicts and written with Core ``executemany`` in batches, with
 profile ids assigned here, so 100k patients and a million events take minutes, not
 hours. Everything drawn comes from one ``random.Random(seed)``; times are offsets
-from ``now``, so the same seed and ``now`` give the same people and events.
+from ``now``, so the same seed and ``now`` give the same people and events. Consents
+(records and current state) come from a second generator seeded alike, so adding them
+left the people and events of a seed as they were.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from cdp.actors import Actor
 from cdp.auth.permissions import require
 from cdp.db import db, transaction, utcnow
 from cdp.exceptions import ValidationFailed
-from cdp.models import Event, Identity, Profile, Source
+from cdp.models import ConsentRecord, ConsentState, Event, Identity, Profile, Source
 from cdp.pii import PiiVault, vault
 from cdp.profiles import encrypt_profile_pii, name_index
 from cdp.seed import vocab
@@ -46,6 +48,8 @@ PROFILE_COLUMNS = ("id", "kind", "traits", "pii_encrypted", "merged_into_id", "c
 PROFILE_COLUMNS += ("updated_at", "first_seen_at", "last_seen_at", "name_index")
 IDENTITY_COLUMNS = ("profile_id", "type", "namespace", "value_index", "value_encrypted")
 IDENTITY_COLUMNS += ("source_id", "created_at")
+CONSENT_COLUMNS = ("profile_id", "purpose", "channel", "status", "recorded_at", "source_id")
+CONSENT_COLUMNS += ("evidence", "actor")
 
 Progress = Callable[[int, int, str], None]
 
@@ -94,8 +98,17 @@ class _Person:
 class _Generator:
     """Draws people and their events from one RNG into row buffers for bulk insert."""
 
-    def __init__(self, rng: random.Random, pii_vault: PiiVault, now: datetime, source_ids, taken):
+    def __init__(
+        self,
+        rng: random.Random,
+        pii_vault: PiiVault,
+        now: datetime,
+        source_ids,
+        taken,
+        consent_rng: random.Random,
+    ):
         self.rng, self.vault, self.now = rng, pii_vault, now
+        self.consent_rng = consent_rng
         self.source_ids = source_ids
         self.taken: set[tuple[str, str, str]] = taken  # identity keys in use
         midnight = now.astimezone(CST).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -111,6 +124,7 @@ class _Generator:
         self.profiles: list[dict] = []
         self.identities: list[dict] = []
         self.events: list[dict] = []
+        self.consents: list[dict] = []  # records, each key's in the order they were given
 
     def at(self, day: float) -> datetime:
         """A realistic local time of day on day ``day`` of the window, never after now."""
@@ -345,6 +359,45 @@ class _Generator:
             values = (person.id, type_, namespace, value_index, encrypted, source_id, created)
             self.identities.append(dict(zip(IDENTITY_COLUMNS, values, strict=True)))
         self.events += person.events
+        self._consents(person, kind, first, first_on, has_phone="phone" in pii)
+
+    def _consents(self, person: _Person, kind: str, first, first_on, has_phone: bool) -> None:
+        """Consents given on joining a channel (some taken back later), a few refusals."""
+        rng, reached = self.consent_rng, {*person.channels, *(("phone",) if has_phone else ())}
+        asked = vocab.PATIENT_CONSENTS if kind == "patient" else vocab.HCP_CONSENTS
+        for purpose, channel, share, needs in asked:
+            if (needs is None or needs in reached) and rng.random() < share:
+                at = first_on.get(needs, first) if needs else first
+                self._consent(person, purpose, channel, "granted", at)
+                if rng.random() < vocab.CONSENT_WITHDRAWN_LATER:
+                    self._consent(person, purpose, channel, "withdrawn", self._after(at))
+        if rng.random() < vocab.AUTOMATED_MARKETING_REFUSED:
+            self._consent(person, "automated_marketing", "*", "withdrawn", self._after(first))
+
+    def _after(self, at: datetime) -> datetime:
+        return at + (self.now - at) * self.consent_rng.random()
+
+    def _consent(self, person: _Person, purpose: str, channel: str, status: str, at) -> None:
+        source_id = self.source_ids.get(channel) or self.source_ids[person.channels[0]]
+        evidence = {"via": "demo_seed", "policy_version": vocab.PRIVACY_POLICY_VERSION}
+        values = (person.id, purpose, channel, status, at, source_id, evidence, "system")
+        self.consents.append(dict(zip(CONSENT_COLUMNS, values, strict=True)))
+
+
+def _insert_consents(session, rows: list[dict]) -> None:
+    """The records, then each key's latest as the current state (it needs the record id)."""
+    records = ConsentRecord.__table__
+    latest = {}
+    for i in range(0, len(rows), INSERT_ROWS):
+        chunk = rows[i : i + INSERT_ROWS]
+        insert = sa.insert(records).returning(records.c.id, sort_by_parameter_order=True)
+        for row, record_id in zip(chunk, session.scalars(insert, chunk).all(), strict=True):
+            key = (row["profile_id"], row["purpose"], row["channel"])
+            latest[key] = (row["status"], row["recorded_at"], record_id)
+    names = ("profile_id", "purpose", "channel", "status", "updated_at", "record_id")
+    states = [dict(zip(names, (*key, *state), strict=True)) for key, state in latest.items()]
+    for i in range(0, len(states), INSERT_ROWS):
+        session.execute(sa.insert(ConsentState.__table__), states[i : i + INSERT_ROWS])
 
 
 def _taken_identities() -> set:
@@ -366,6 +419,11 @@ def _flush(gen: _Generator, counts: dict[str, int], seconds: dict[str, float]) -
         rows.clear()
         seconds[key] += time.perf_counter() - started
     started = time.perf_counter()
+    _insert_consents(session, gen.consents)
+    counts["consents"] += len(gen.consents)
+    gen.consents.clear()
+    seconds["consents"] += time.perf_counter() - started
+    started = time.perf_counter()
     session.commit()
     seconds["commit"] += time.perf_counter() - started
 
@@ -384,8 +442,9 @@ def _generate(actor, job_id, patients, doctors, seed, now, progress) -> dict:
     # On a database that already has people, shift the stream so a rerun adds new ones.
     rng = random.Random(seed if first_id == 1 else f"{seed}/{first_id}")
     taken = _taken_identities() if first_id > 1 else set()
-    gen = _Generator(rng, vault(), now, source_ids, taken)
-    counts = {"profiles": 0, "identities": 0, "events": 0}
+    consent_rng = random.Random(f"{seed}/consents/{first_id}")
+    gen = _Generator(rng, vault(), now, source_ids, taken, consent_rng)
+    counts = {"profiles": 0, "identities": 0, "events": 0, "consents": 0}
     seconds = dict.fromkeys(("generate", *counts, "commit"), 0.0)  # where the time went
     total, next_id = patients + doctors, first_id
     for make, count, label in ((gen.patient, patients, "patients"), (gen.doctor, doctors, "hcp")):
@@ -405,7 +464,8 @@ def _generate(actor, job_id, patients, doctors, seed, now, progress) -> dict:
     with transaction():
         audit.record(actor, "demo.seed", "job", job_id, seed=seed, **counts)
     result = {"patients": patients, "doctors": doctors, "events": counts["events"]}
-    result.update(identities=counts["identities"], sources=list(source_ids.values()))
+    result.update(identities=counts["identities"], consents=counts["consents"])
+    result.update(sources=list(source_ids.values()))
     result.update(write_key=write_key, job_id=job_id, first_profile_id=first_id)
     return {**result, "seconds": {key: round(value, 3) for key, value in seconds.items()}}
 
@@ -423,9 +483,9 @@ def seed_demo(
     Each batch of profiles is committed with its identities and events, so a failure keeps
     the batches before it; the job run records how far it got.
 
-    The result holds ``patients``, ``doctors``, ``events``, ``identities``, ``sources``
-    (ids), ``write_key`` (of a newly created HTTP source, else None), ``job_id``,
-    ``first_profile_id`` and ``seconds`` (time spent generating, inserting each table, committing).
+    The result holds ``patients``, ``doctors``, ``events``, ``identities``, ``consents``
+    (records), ``sources`` (ids), ``write_key`` (of a newly created HTTP source, else
+    None), ``job_id``, ``first_profile_id`` and ``seconds`` (time spent generating, inserting each table, committing).
     """
     require(actor, "sources:edit")
     if patients < 0 or doctors < 0:

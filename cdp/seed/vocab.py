@@ -321,3 +321,27 @@ COUPONS: tuple[tuple[str, str, int], ...] = (
     ("cpn_new_20", "新会员 20 元券", 20),
     ("cpn_otc_5", "常备药 5 元券", 5),
 )
+
+# Consents the demo people gave: (purpose, channel, share, asked of whom). A channel's
+# marketing consent is asked only of people the brand reaches there ("phone": those whose
+# number it has), so of all patients about 50% grant WeChat, 40% mini-program, 35% SMS.
+PATIENT_CONSENTS: tuple[tuple[str, str, float, str | None], ...] = (
+    ("health_data", "*", 0.6, None),  # PIPL: medicine purchases used for segments, refills
+    ("marketing", "wechat", 0.7, "wechat"),
+    ("marketing", "miniprogram", 0.8, "miniprogram"),
+    ("marketing", "sms", 0.42, "phone"),
+)
+HCP_CONSENTS: tuple[tuple[str, str, float, str | None], ...] = (
+    ("marketing", "wechat", 0.85, "wechat"),
+)
+CONSENT_WITHDRAWN_LATER = 0.05  # a grant taken back later (unfollow, 回T退订, settings page)
+AUTOMATED_MARKETING_REFUSED = 0.03  # PIPL Art. 24: "do not target me with automated marketing"
+PRIVACY_POLICY_VERSION = "2024-07"
+
+# Templates and pages the demo journeys send besides TEMPLATES (never drawn by the generator).
+JOURNEY_TEMPLATES = {
+    "welcome": ("tmpl_welcome", "关注成功通知"),
+    "quiz": ("tmpl_quiz", "健康测评邀请"),
+    "meeting": ("tmpl_meeting", "学术会议通知"),
+}
+QUIZ_PAGE = "pages/quiz/index"
