@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 
+from cdp.pii import KEY_ID, check_key_id, parse_key_list
+
 DEFAULT_SECRET_KEY = "dev-secret-key-change-me"
 DEFAULT_PII_KEY = "dev-pii-key-change-me"
 
@@ -36,10 +38,16 @@ ENV_VARS = (
     EnvSpec("CDP_REDIS_URL", "REDIS_URL", None),
     EnvSpec("CDP_SECRET_KEY", "SECRET_KEY", DEFAULT_SECRET_KEY),
     EnvSpec("CDP_PII_KEY", "PII_KEY", DEFAULT_PII_KEY),
+    # Key rotation (docs/security.md): the current key's id, older keys that still decrypt
+    # ("id:secret,..."), and the blind-index key, which stays the same across rotations.
+    EnvSpec("CDP_PII_KEY_ID", "PII_KEY_ID", str(KEY_ID)),
+    EnvSpec("CDP_PII_DECRYPT_KEYS", "PII_DECRYPT_KEYS", None),
+    EnvSpec("CDP_PII_INDEX_KEY", "PII_INDEX_KEY", None),
     EnvSpec("CDP_TIMEZONE", "TIMEZONE", "Asia/Shanghai"),
     EnvSpec("CDP_ENV", "CDP_ENV", "development"),
     EnvSpec("CDP_PUBLIC_URL", "PUBLIC_URL", "http://127.0.0.1:5000"),
     EnvSpec("CDP_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", "10 per minute"),
+    EnvSpec("CDP_PARTNER_RATE_LIMIT", "PARTNER_RATE_LIMIT", "1200 per minute"),
     # Journey engine (defaults in journeys/settings.py; unset means the default).
     EnvSpec("CDP_JOURNEY_GLOBAL_CONTROL_PERCENT", "JOURNEY_GLOBAL_CONTROL_PERCENT", None),
     EnvSpec("CDP_JOURNEY_SWEEP_SECONDS", "JOURNEY_SWEEP_SECONDS", None),
@@ -94,17 +102,44 @@ def base_config() -> dict:
     }
 
 
+def _pii_keys(config: dict) -> list[str]:
+    """Parse the PII key settings in place; return what production must refuse about them."""
+    try:
+        config["PII_KEY_ID"] = check_key_id(int(config.get("PII_KEY_ID") or KEY_ID))
+        listed = config.get("PII_DECRYPT_KEYS")
+        config["PII_DECRYPT_KEYS"] = (
+            dict(listed) if isinstance(listed, dict) else parse_key_list(listed)
+        )
+    except ValueError as exc:
+        raise ConfigError(f"CDP_PII_KEY_ID / CDP_PII_DECRYPT_KEYS: {exc}") from None
+    index_key = config.get("PII_INDEX_KEY") or None
+    config["PII_INDEX_KEY"] = index_key
+    problems = []
+    if index_key == DEFAULT_PII_KEY or DEFAULT_PII_KEY in config["PII_DECRYPT_KEYS"].values():
+        problems.append("CDP_PII_INDEX_KEY and CDP_PII_DECRYPT_KEYS must not hold the default key")
+    elif index_key is None and (config["PII_KEY_ID"] != KEY_ID or config["PII_DECRYPT_KEYS"]):
+        # Unset, it falls back to CDP_PII_KEY: after a rotation that is the new key, and every
+        # blind-index lookup (phone, e-mail, name) would silently miss.
+        problems.append(
+            "CDP_PII_INDEX_KEY must be set (to the key the blind indexes were made with) "
+            "when CDP_PII_KEY_ID is not 1 or CDP_PII_DECRYPT_KEYS is set"
+        )
+    return problems
+
+
 def finalize(config: dict) -> None:
     """Derive mode-dependent settings and refuse unsafe production configs."""
     production = config.get("CDP_ENV") == "production"
     config["PRODUCTION"] = production
     config["BABEL_DEFAULT_TIMEZONE"] = config.get("TIMEZONE", "Asia/Shanghai")
+    pii_problems = _pii_keys(config)
     if production:
         problems = []
         if config.get("SECRET_KEY") in (None, "", DEFAULT_SECRET_KEY):
             problems.append("CDP_SECRET_KEY must be set to a non-default value")
         if config.get("PII_KEY") in (None, "", DEFAULT_PII_KEY):
             problems.append("CDP_PII_KEY must be set to a non-default value")
+        problems += pii_problems
         if problems:
             raise ConfigError("Refusing to start in production mode: " + "; ".join(problems))
         # __Host- cookies must be Secure, path=/ and host-only (ASVS 3.3.1/3.3.3).

@@ -107,18 +107,18 @@ class PiiVault:
         return hmac.new(self._index_key, message, hashlib.sha256).hexdigest()
 
 
-def _setting(app, key: str, env: str, default=None):
-    value = app.config.get(key)
-    return value if value not in (None, "") else os.environ.get(env, default)
-
-
 def vault_from_config(app) -> PiiVault:
-    """The vault the app's settings describe (CDP_PII_KEY, _KEY_ID, _DECRYPT_KEYS, _INDEX_KEY)."""
+    """The vault the app's settings describe (parsed once by cdp.config.finalize).
+
+    PII_KEY, PII_KEY_ID, PII_DECRYPT_KEYS ({id: secret}) and PII_INDEX_KEY (None: PII_KEY)
+    come from CDP_PII_KEY, CDP_PII_KEY_ID, CDP_PII_DECRYPT_KEYS and CDP_PII_INDEX_KEY.
+    """
+    config = app.config
     return PiiVault(
-        app.config["PII_KEY"],
-        key_id=int(_setting(app, "PII_KEY_ID", "CDP_PII_KEY_ID", KEY_ID)),
-        decrypt_keys=parse_key_list(_setting(app, "PII_DECRYPT_KEYS", "CDP_PII_DECRYPT_KEYS")),
-        index_secret=_setting(app, "PII_INDEX_KEY", "CDP_PII_INDEX_KEY"),
+        config["PII_KEY"],
+        key_id=config.get("PII_KEY_ID") or KEY_ID,
+        decrypt_keys=config.get("PII_DECRYPT_KEYS") or {},
+        index_secret=config.get("PII_INDEX_KEY"),
     )
 
 

@@ -7,7 +7,7 @@ registry, so the core never imports the connectors that extend it.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jsonschema
 import orjson
@@ -59,12 +59,22 @@ def get_kind(name: str) -> SourceKind:
 
 
 def validate_options(kind: SourceKind, options: dict) -> None:
+    """Check options against the kind's schema; the error names the option (``options.<key>``).
+
+    The message never repeats the value of a secret option: it ends up in pages and terminals.
+    """
     validator = jsonschema.Draft202012Validator(kind.options_schema)
     error = next(iter(sorted(validator.iter_errors(options), key=lambda e: e.path)), None)
-    if error is not None:
-        path = ".".join(str(p) for p in error.absolute_path)
-        field = "options" + (f".{path}" if path else "")
-        raise ValidationFailed(f"{field}: {error.message}", field)
+    if error is None:
+        return
+    path = [str(p) for p in error.absolute_path]
+    if not path and error.validator == "required":
+        path = [next(name for name in error.validator_value if name not in error.instance)]
+    field = ".".join(["options", *path])
+    message = error.message
+    if path and path[0] in kind.secret_options and isinstance(error.instance, str):
+        message = message.replace(repr(error.instance), "the value")
+    raise ValidationFailed(f"{field}: {message}", field)
 
 
 def create_source(
@@ -112,6 +122,55 @@ def create_source(
             default_profile_kind=default_profile_kind,
         )
     return source, write_key
+
+
+def update_source(
+    actor: Actor,
+    source_id: str,
+    name: str,
+    options: dict,
+    default_profile_kind: str,
+    enabled: bool,
+) -> Source:
+    """Change a source's name, options and state; a secret option left out keeps its value.
+
+    ``options`` replaces the stored ones, except that secrets cannot be read back to be sent
+    again: an absent secret keeps the stored value. Connectors see the change within seconds
+    (they cache a source briefly). The audit entry names the changed options, never values.
+    """
+    require(actor, "sources:edit")
+    if default_profile_kind not in PROFILE_KINDS:
+        raise ValidationFailed(
+            f"default_profile_kind must be one of {', '.join(PROFILE_KINDS)}",
+            "default_profile_kind",
+        )
+    name = (name or "").strip()
+    if not name or len(name) > 120:
+        raise ValidationFailed("name is required (at most 120 characters)", "name")
+    with transaction():
+        source = get_source(source_id)
+        kind = get_kind(source.kind)
+        old = source_options(source)
+        new = dict(options)
+        for key in kind.secret_options:
+            if key not in new and key in old:
+                new[key] = old[key]
+        validate_options(kind, new)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        source.name = name
+        source.default_profile_kind = default_profile_kind
+        source.enabled = bool(enabled)
+        source.options_encrypted = vault().encrypt_json(new, source.id.encode())
+        audit.record(
+            actor,
+            "source.update",
+            "source",
+            source.id,
+            options_changed=changed,
+            enabled=source.enabled,
+            default_profile_kind=default_profile_kind,
+        )
+    return source
 
 
 def source_options(source: Source) -> dict:
@@ -186,6 +245,58 @@ def source_stats(source_ids: list[str]) -> dict[str, dict]:
     ):
         stats[sid]["violations"] = violations
     return stats
+
+
+def _bounded_count(query: sa.Select, cap: int) -> int:
+    return db.session.scalar(
+        sa.select(sa.func.count()).select_from(query.limit(cap + 1).subquery())
+    )
+
+
+def source_figures(sources: list[Source], cap: int = 10_000) -> dict[str, dict]:
+    """Cheap figures for pages that load often: the last event kept on the source, and event
+    and violation counts that stop at ``cap`` (``events_capped``: there are more).
+
+    Each count reads at most ``cap`` + 1 entries of an index that starts with ``source_id``,
+    so a page costs the same with ten thousand events or a billion (``source_stats`` counts
+    them all).
+    """
+    figures = {}
+    for source in sources:
+        events = _bounded_count(sa.select(Event.source_id).where(Event.source_id == source.id), cap)
+        violations = _bounded_count(
+            sa.select(Violation.source_id).where(Violation.source_id == source.id), cap
+        )
+        figures[source.id] = {
+            "last_event_at": source.last_event_at,
+            "events": min(events, cap),
+            "events_capped": events > cap,
+            "violations": min(violations, cap),
+            "violations_capped": violations > cap,
+        }
+    return figures
+
+
+# Connector packages know more about a source's health (request and error counters, recent
+# refusals, pull cursors). cdp cannot import them, so one registers its functions here.
+_health_hooks: dict[str, Callable] = {}
+
+
+def register_health(detail: Callable[[str], dict], overview: Callable[[list], dict]) -> None:
+    """``detail(source_id)``: one source's health; ``overview(source_ids)``: a summary each."""
+    _health_hooks.update(detail=detail, overview=overview)
+
+
+def connector_health(source_id: str) -> dict | None:
+    """The registered health report of a source, or None when no connector provides one."""
+    detail = _health_hooks.get("detail")
+    return detail(source_id) if detail else None
+
+
+def connector_health_overview(source_ids: list[str]) -> dict[str, dict]:
+    """Health summaries (``status`` and a few figures) by source id; empty without a provider."""
+    overview = _health_hooks.get("overview")
+    return overview(source_ids) if overview and source_ids else {}
 
 
 def list_violations(

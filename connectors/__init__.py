@@ -2,6 +2,7 @@
 
 from flask import Flask
 
+from cdp.privacy.keys import EncryptedColumn, formatted, register_encrypted_column
 from cdp.sources import register_kind
 from connectors import channels, pharmacy, segment_api
 
@@ -13,3 +14,9 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(segment_api.bp)
     pharmacy.init_app(app)
     channels.init_app(app)
+    # Cached WeChat access tokens (associated data as in wechat_api.WeChatApi._aad).
+    register_encrypted_column(
+        EncryptedColumn(
+            "connector_tokens", "token_encrypted", ("app_id",), formatted("wechat-token:{}")
+        )
+    )

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from cdp.db import db, utcnow
 from cdp.exceptions import NotFound
 from cdp.models import Source
+from cdp.sources import register_health
 from connectors.models import ConnectorCursor, ConnectorError, ConnectorStat
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ KEEP_ERRORS = 50
 ERROR_ROWS_PER_MINUTE = 20
 MAX_PAYLOAD_CHARS = 2000
 _FIELDS = ("requests", "events", "duplicates", "rejected", "errors")
+# Kinds whose endpoints count requests through connectors.base; the /v1 API, partner sync and
+# the pull jobs keep no counters (pulls report through their cursors instead).
+COUNTED_KINDS = frozenset({"wechat", "miniprogram", "pos", "ecommerce", "sms"})
+STATUSES = ("ok", "waiting", "warning", "failing", "disabled")
 
 # --- masking ------------------------------------------------------------------------------
 
@@ -253,13 +258,23 @@ def source_health(source_id: str, now: datetime | None = None) -> dict:
         .order_by(ConnectorError.id.desc())
         .limit(10)
     )
-    cursors = db.session.scalars(
-        sa.select(ConnectorCursor).where(ConnectorCursor.source_id == source_id)
+    cursors = list(
+        db.session.scalars(sa.select(ConnectorCursor).where(ConnectorCursor.source_id == source_id))
     )
+    last_event_at = _later(last_event_at, source.last_event_at)
     return {
         "source_id": source.id,
         "kind": source.kind,
         "enabled": source.enabled,
+        "counted": source.kind in COUNTED_KINDS,
+        "status": health_status(
+            source.enabled,
+            last_event_at,
+            events_last_hour=hour["events"],
+            errors_last_hour=hour["errors"],
+            problems_last_24h=day["errors"] + day["rejected"],
+            cursor_states=[c.status for c in cursors],
+        ),
         "last_event_at": last_event_at,
         "events_last_hour": hour["events"],
         "events_last_24h": day["events"],
@@ -289,3 +304,81 @@ def source_health(source_id: str, now: datetime | None = None) -> dict:
             for c in cursors
         ],
     }
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max(a, b) if a and b else a or b
+
+
+def health_status(
+    enabled: bool,
+    last_event_at: datetime | None,
+    events_last_hour: int,
+    errors_last_hour: int,
+    problems_last_24h: int,
+    cursor_states: list[str],
+) -> str:
+    """One word for a source: failing (refusing everything, or a pull failed), warning
+    (refusals or rejected events today, a paused pull), waiting (nothing received yet), ok."""
+    if not enabled:
+        return "disabled"
+    if "failed" in cursor_states or (errors_last_hour and not events_last_hour):
+        return "failing"
+    if problems_last_24h or "paused" in cursor_states:
+        return "warning"
+    return "ok" if last_event_at else "waiting"
+
+
+def health_overview(source_ids: list[str], now: datetime | None = None) -> dict[str, dict]:
+    """A status and the figures behind it for many sources at once (the sources list).
+
+    Three small queries however many sources: the last day's counter buckets, the cursors'
+    states and the sources themselves.
+    """
+    flush(force=True)
+    now = now or utcnow()
+    hour, day = _bucket(now - timedelta(hours=1)), _bucket(now - timedelta(days=1))
+    stat = ConnectorStat
+    recent = stat.bucket >= hour
+    sums = {
+        sid: (int(events), int(errors_hour), int(problems), last)
+        for sid, events, errors_hour, problems, last in db.session.execute(
+            sa.select(
+                stat.source_id,
+                sa.func.sum(sa.case((recent, stat.events), else_=0)),
+                sa.func.sum(sa.case((recent, stat.errors), else_=0)),
+                sa.func.sum(stat.errors + stat.rejected),
+                sa.func.max(stat.last_event_at),
+            )
+            .where(stat.source_id.in_(source_ids), stat.bucket >= day)
+            .group_by(stat.source_id)
+        )
+    }
+    cursors: dict[str, dict[str, str]] = {}
+    for sid, name, status in db.session.execute(
+        sa.select(ConnectorCursor.source_id, ConnectorCursor.name, ConnectorCursor.status).where(
+            ConnectorCursor.source_id.in_(source_ids)
+        )
+    ):
+        cursors.setdefault(sid, {})[name] = status
+    overview = {}
+    for sid, enabled, kept_last in db.session.execute(
+        sa.select(Source.id, Source.enabled, Source.last_event_at).where(Source.id.in_(source_ids))
+    ):
+        events, errors_hour, problems, last = sums.get(sid, (0, 0, 0, None))
+        last = _later(last, kept_last)
+        states = cursors.get(sid, {})
+        overview[sid] = {
+            "status": health_status(
+                enabled, last, events, errors_hour, problems, list(states.values())
+            ),
+            "last_event_at": last,
+            "events_last_hour": events,
+            "errors_last_hour": errors_hour,
+            "problems_last_24h": problems,
+            "cursors": states,
+        }
+    return overview
+
+
+register_health(source_health, health_overview)

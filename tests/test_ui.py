@@ -54,6 +54,8 @@ class Page(HTMLParser):
         self._in_nav = False
         self._href: str | None = None
         self._in_h1 = False
+        self._in_code = 0
+        self.code: set[str] = set()  # text in <code>: identifiers and field names, not words
         self.feed(html)
         self.close()
 
@@ -70,6 +72,8 @@ class Page(HTMLParser):
             self._href = attrs.get("href", "")
         elif tag == "h1":
             self._in_h1 = True
+        elif tag == "code":
+            self._in_code += 1
 
     def handle_endtag(self, tag):
         if tag == "nav":
@@ -78,11 +82,15 @@ class Page(HTMLParser):
             self._href = None
         elif tag == "h1":
             self._in_h1 = False
+        elif tag == "code":
+            self._in_code = max(0, self._in_code - 1)
 
     def handle_data(self, data):
         text = data.strip()
         if not text:
             return
+        if self._in_code:
+            self.code.add(text)
         self.texts.append(text)
         if self._href is not None:
             self.nav.append((self._href, text))

@@ -22,6 +22,7 @@ CHANNEL_LABELS = {
     "ecommerce": _l("E-commerce"),
     "http": _l("HTTP tracking API"),
     "sms": _l("SMS gateway"),
+    "pharmacy": _l("Partner pharmacy member sync"),
     "internal": _l("CarePath (internal)"),
     "webhook": _l("Webhook"),
 }

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from flask import Flask
 
-from cdp.loyalty import privacy, tasks
+from cdp.loyalty import privacy, syncs, tasks
 from cdp.loyalty.common import DEFAULTS, LOYALTY_SOURCE_KIND
 from cdp.loyalty.consents import watch_consent_withdrawals
 from cdp.privacy.erasure import register_erasure_hook
 from cdp.privacy.export import register_export_section
+from cdp.privacy.keys import register_encrypted_column
 from cdp.queue import register_periodic
 from cdp.sources import SourceKind, register_kind
 from cdp.sweeper import register_sweep_hook
@@ -47,3 +48,5 @@ def init_app(app: Flask) -> None:
     watch_consent_withdrawals()
     register_export_section("loyalty", privacy.export_section)
     register_erasure_hook("loyalty", privacy.erase)
+    for column in syncs.ENCRYPTED_COLUMNS:
+        register_encrypted_column(column)

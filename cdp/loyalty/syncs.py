@@ -37,6 +37,7 @@ from cdp.loyalty.partners import PartnerActor, get_partner, store_codes
 from cdp.models import Source
 from cdp.models.loyalty import Member, MemberSync
 from cdp.pii import vault
+from cdp.privacy.keys import EncryptedColumn
 from cdp.queue import enqueue
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,16 @@ CHUNK = 1000
 
 def _aad(sync_id: int, what: str) -> bytes:
     return f"loyalty-sync:{sync_id}:{what}".encode()
+
+
+# The uploaded and the rejected rows hold members' names and phones: `cdp privacy rotate-key`
+# re-encrypts them (registered by cdp.loyalty.init_app).
+ENCRYPTED_COLUMNS = tuple(
+    EncryptedColumn(
+        "loyalty_member_syncs", f"{what}_encrypted", ("id",), lambda row, w=what: _aad(row[0], w)
+    )
+    for what in ("rows", "rejected")
+)
 
 
 def _authorise(actor: Actor, partner_id: int) -> None:

@@ -5,8 +5,9 @@ side by side while the rotation runs (cdp/pii.py). Each batch is its own transac
 each row is written only if it still holds the ciphertext that was read (compare and set),
 so concurrent writers are never overwritten; re-running finishes whatever is left.
 
-Packages that add encrypted columns register them with ``register_encrypted_column``;
-tests/test_privacy_keys.py fails when a binary column is neither registered nor exempt.
+Packages that add encrypted columns register them with ``register_encrypted_column`` from
+their init path; tests/test_privacy_ops.py fails when a binary column is neither registered
+nor exempt, and tests/test_key_rotation.py decrypts every registered column after a rotation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
 
 from cdp import audit
 from cdp.actors import Actor
@@ -44,6 +46,11 @@ def _text(values: tuple) -> bytes:
     return str(values[0]).encode()
 
 
+def formatted(template: str) -> Callable[[tuple], bytes]:
+    """Associated data made by ``template.format(*aad column values)``, e.g. "sync:{}:rows"."""
+    return lambda values: template.format(*values).encode()
+
+
 ENCRYPTED_COLUMNS: dict[tuple[str, str], EncryptedColumn] = {}
 # Binary columns that hold no ciphertext (none so far).
 NOT_ENCRYPTED: set[tuple[str, str]] = set()
@@ -64,11 +71,15 @@ for _column in (
     register_encrypted_column(_column)
 
 
-def _pk(table: sa.Table) -> sa.Column:
-    columns = list(table.primary_key.columns)
-    if len(columns) != 1:
-        raise ValueError(f"{table.name}: key rotation needs a single-column primary key")
-    return columns[0]
+def _pk(table: sa.Table) -> list[sa.Column]:
+    return list(table.primary_key.columns)
+
+
+def _after(pk: list[sa.Column], last: tuple):
+    """Rows after ``last`` in primary-key order (row values: composite keys page too)."""
+    if len(pk) == 1:
+        return pk[0] > last[0]
+    return sa.tuple_(*pk) > sa.tuple_(*last)
 
 
 def count_rows(spec: EncryptedColumn) -> int:
@@ -88,27 +99,29 @@ def rotate_column(
     table = db.metadata.tables[spec.table]
     pk, blob_column = _pk(table), table.c[spec.column]
     aad_columns = [table.c[name] for name in spec.aad_columns]
+    width = len(pk)
     done = skipped = 0
     last = None
     while True:
-        query = sa.select(pk, blob_column, *aad_columns).where(blob_column.is_not(None))
+        query = sa.select(*pk, blob_column, *aad_columns).where(blob_column.is_not(None))
         if last is not None:
-            query = query.where(pk > last)
-        rows = db.session.execute(query.order_by(pk).limit(batch_size)).all()
+            query = query.where(_after(pk, last))
+        rows = db.session.execute(query.order_by(*pk).limit(batch_size)).all()
         if not rows:
             break
         for row in rows:
-            key, blob = row[0], bytes(row[1])  # PostgreSQL returns a memoryview
+            key, blob = tuple(row[:width]), bytes(row[width])  # PostgreSQL: a memoryview
             if blob[0] == new_vault.key_id:
                 continue
-            fresh = new_vault.reencrypt(blob, spec.aad(tuple(row[2:])))
+            fresh = new_vault.reencrypt(blob, spec.aad(tuple(row[width + 1 :])))
+            same_row = [column == value for column, value in zip(pk, key, strict=True)]
             result = db.session.execute(
-                sa.update(table).where(pk == key, blob_column == blob).values({spec.column: fresh})
+                sa.update(table).where(*same_row, blob_column == blob).values({spec.column: fresh})
             )
             done += result.rowcount
             skipped += 1 - result.rowcount
         db.session.commit()
-        last = rows[-1][0]
+        last = tuple(rows[-1][:width])
         if progress:
             progress(len(rows))
     return done, skipped
@@ -149,6 +162,26 @@ def remaining(key_id: int) -> int:
         for (blob,) in db.session.execute(sa.select(column).where(column.is_not(None))):
             left += bytes(blob[:1]) != bytes([key_id])
     return left
+
+
+def undecryptable(pii_vault: PiiVault) -> dict[str, int]:
+    """Per registered column, the values ``pii_vault`` cannot decrypt (should all be 0)."""
+    failures = {}
+    for spec in ENCRYPTED_COLUMNS.values():
+        if spec.table not in db.metadata.tables:
+            continue
+        table = db.metadata.tables[spec.table]
+        blob_column = table.c[spec.column]
+        aad_columns = [table.c[name] for name in spec.aad_columns]
+        query = sa.select(blob_column, *aad_columns).where(blob_column.is_not(None))
+        bad = 0
+        for row in db.session.execute(query):
+            try:
+                pii_vault.decrypt(bytes(row[0]), spec.aad(tuple(row[1:])))
+            except (ValueError, InvalidTag):  # unknown key id, or the wrong key or place
+                bad += 1
+        failures[f"{spec.table}.{spec.column}"] = bad
+    return failures
 
 
 def rotate_key(

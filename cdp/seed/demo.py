@@ -502,5 +502,19 @@ def seed_demo(
         db.session.rollback()
         jobs.mark_finished(job.id, f"failed: {exc.__class__.__name__}: {exc}"[:500], failed=True)
         raise
+    _stamp_last_events(result["sources"])
     jobs.mark_finished(job.id, f"{patients} patients, {doctors} doctors, {result['events']} events")
     return result
+
+
+def _stamp_last_events(source_ids) -> None:
+    """The sources' "last event" (shown in the sources list) from what was just inserted."""
+    latest = (
+        sa.select(sa.func.max(Event.received_at))
+        .where(Event.source_id == Source.id)
+        .scalar_subquery()
+    )
+    db.session.execute(
+        sa.update(Source).where(Source.id.in_(list(source_ids))).values(last_event_at=latest)
+    )
+    db.session.commit()

@@ -6,9 +6,9 @@ from flask import Flask
 from flask_smorest import Api
 
 from web.api import (
+    audit,
     consents,
     content,
-    hcp,
     identity,
     jobs,
     journeys,
@@ -40,7 +40,6 @@ API_BLUEPRINTS = (
     content.bp,
     consents.bp,
     privacy.bp,
-    hcp.bp,
 )
 
 

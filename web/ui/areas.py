@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
+from marshmallow import ValidationError
 
 from cdp.audit import verify_chain
 from cdp.db import db
 from cdp.exceptions import ValidationFailed
-from cdp.models import AuditEntry, User
+from cdp.models import User
 from cdp.models.profiles import PROFILE_KINDS
 from cdp.profiles import identity_summary, list_profiles, search_profiles
 from cdp.sources import (
     SOURCE_KINDS,
+    connector_health,
+    connector_health_overview,
     create_source,
     endpoint_urls,
+    get_kind,
     get_source,
     list_sources,
     list_violations,
     rotate_write_key,
-    source_stats,
+    source_figures,
+    source_options,
+    update_source,
 )
+from web.api import audit as audit_log
 from web.session_auth import current_actor, requires
-from web.ui.forms import ActionForm, SearchForm, SourceForm
+from web.ui.forms import (
+    ActionForm,
+    SearchForm,
+    SourceEditForm,
+    SourceForm,
+    source_edit_form,
+    source_form,
+)
 
 bp = Blueprint("areas", __name__)
 
@@ -85,28 +102,35 @@ def profiles():
     )
 
 
-def _source_kinds() -> list[str]:
-    return list(SOURCE_KINDS)
+# Event counts stop here: the list stays cheap however many events a source has.
+LIST_COUNT_CAP = 10_000
+DETAIL_COUNT_CAP = 100_000
 
 
 def _render_sources(form: SourceForm, status: int = 200):
     sources = list_sources()
-    stats = source_stats([s.id for s in sources])
-    return render_template("areas/sources.html", sources=sources, stats=stats, form=form), status
+    return render_template(
+        "areas/sources.html",
+        sources=sources,
+        figures=source_figures(sources, cap=LIST_COUNT_CAP),
+        health=connector_health_overview([s.id for s in sources]),
+        count_cap=LIST_COUNT_CAP,
+        form=form,
+    ), status
 
 
 @bp.route("/sources")
 @requires("sources:view")
 def sources():
-    """List sources with their kind, default profile kind, last event and counts."""
-    return _render_sources(SourceForm(_source_kinds()))
+    """List sources with a health badge, last event and (capped) counts; the create form."""
+    return _render_sources(source_form(SOURCE_KINDS.values()))
 
 
 @bp.route("/sources", methods=["POST"])
 @requires("sources:edit")
 def create_source_view():
-    """Create a source and show its write key once (it is never stored in clear)."""
-    form = SourceForm(_source_kinds())
+    """Create a source with its kind's options; show its endpoints and write key once."""
+    form = source_form(SOURCE_KINDS.values())
     if not form.validate_on_submit():
         return _render_sources(form, 422)
     try:
@@ -114,24 +138,29 @@ def create_source_view():
             current_actor(),
             form.name.data,
             form.kind.data,
+            form.options_for(form.kind.data),
             default_profile_kind=form.default_profile_kind.data,
         )
     except ValidationFailed as exc:
-        field = getattr(form, exc.field or "", None) or form.name
-        field.errors = [*field.errors, exc.message]
+        form.add_domain_error(exc, form.kind.data)
         return _render_sources(form, 422)
     return _render_source(source, write_key=write_key, created=True)
 
 
 def _render_source(source, write_key=None, created=False):
+    kind = SOURCE_KINDS.get(source.kind)
+    stored = source_options(source) if created and kind else {}
     return render_template(
         "areas/source_detail.html",
         source=source,
-        stats=source_stats([source.id])[source.id],
+        figures=source_figures([source], cap=DETAIL_COUNT_CAP)[source.id],
+        health=connector_health(source.id),
         urls=endpoint_urls(source, current_app.config["PUBLIC_URL"]),
         violations=list_violations(source.id, limit=PAGE_SIZE),
         write_key=write_key,
         created=created,
+        # Names only: which secrets were stored (their values are never shown again).
+        stored_secrets=[k for k in (kind.secret_options if kind else ()) if k in stored],
         form=ActionForm(),
     )
 
@@ -139,8 +168,51 @@ def _render_source(source, write_key=None, created=False):
 @bp.route("/sources/<source_id>")
 @requires("sources:view")
 def source_detail(source_id: str):
-    """A source: its endpoints, counts and most recent violations (no payloads)."""
+    """A source: health, endpoints, counts, recent connector errors and violations."""
     return _render_source(get_source(source_id))
+
+
+def _render_edit(source, form: SourceEditForm, status: int = 200):
+    stored = source_options(source)
+    return render_template(
+        "areas/source_edit.html",
+        source=source,
+        form=form,
+        stored_secrets={k for k in get_kind(source.kind).secret_options if k in stored},
+    ), status
+
+
+@bp.route("/sources/<source_id>/edit")
+@requires("sources:edit")
+def edit_source(source_id: str):
+    """The edit form: name, state and options; secrets show only whether they are set."""
+    source = get_source(source_id)
+    kind = get_kind(source.kind)
+    return _render_edit(source, source_edit_form(kind, source, source_options(source)))
+
+
+@bp.route("/sources/<source_id>/edit", methods=["POST"])
+@requires("sources:edit")
+def update_source_view(source_id: str):
+    """Save the edit form; a blank secret keeps its value, a blank option goes back to default."""
+    source = get_source(source_id)
+    form = source_edit_form(get_kind(source.kind), source, {})
+    if not form.validate_on_submit():
+        return _render_edit(source, form, 422)
+    try:
+        update_source(
+            current_actor(),
+            source.id,
+            form.name.data,
+            form.options_for(source.kind),
+            form.default_profile_kind.data,
+            form.enabled.data,
+        )
+    except ValidationFailed as exc:
+        form.add_domain_error(exc, source.kind)
+        return _render_edit(source, form, 422)
+    flash(_("Source saved."))
+    return redirect(url_for("areas.source_detail", source_id=source.id))
 
 
 @bp.route("/sources/<source_id>/rotate-key", methods=["POST"])
@@ -153,14 +225,52 @@ def rotate_key(source_id: str):
     return _render_source(source, write_key=write_key)
 
 
+# --- Audit -----------------------------------------------------------------------------------
+
+AUDIT_OUTCOMES = {"ok": _l("Succeeded"), "denied": _l("Denied"), "refused": _l("Refused")}
+
+
+def _audit_filters() -> tuple[audit_log.AuditFilters, dict]:
+    """The filters of the query string (blank fields ignored), or none and the errors."""
+    try:
+        args = audit_log.AuditFilterSchema().load(request.args.to_dict())
+    except ValidationError as exc:
+        return audit_log.AuditFilters(), exc.messages
+    return audit_log.filters_of(args), {}
+
+
 @bp.route("/audit")
 @requires("audit:view")
 def audit():
-    """Show the latest audit entries and whether the hash chain is intact."""
-    entries = db.session.scalars(
-        sa.select(AuditEntry).order_by(AuditEntry.id.desc()).limit(100)
-    ).all()
-    return render_template("areas/audit.html", entries=entries, broken_at=verify_chain())
+    """The audit log newest first, filtered and keyset-paged; the first page checks the chain."""
+    filters, errors = _audit_filters()
+    before = request.args.get("before", type=int)
+    rows = [] if errors else audit_log.search(filters, before_id=before, limit=PAGE_SIZE + 1)
+    next_before = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
+    rows = rows[:PAGE_SIZE]
+    return render_template(
+        "areas/audit.html",
+        entries=rows,
+        emails=audit_log.user_emails(rows),
+        values=request.args,
+        given=filters.given(),
+        errors=errors,
+        next_before=next_before,
+        paged=bool(before),
+        broken_at=None if before else verify_chain(),  # the whole chain: once, on page one
+        outcomes=AUDIT_OUTCOMES,
+        form=ActionForm(),
+    ), (422 if errors else 200)
+
+
+@bp.route("/audit/export.csv", methods=["POST"])
+@requires("audit:view")
+def audit_export():
+    """Download the filtered log as CSV (a POST with a CSRF token: every export is audited)."""
+    filters, errors = _audit_filters()
+    if errors or not ActionForm().validate_on_submit():
+        abort(400)
+    return audit_log.csv_response(audit_log.export_rows(current_actor(), filters))
 
 
 @bp.route("/settings")
@@ -169,3 +279,58 @@ def settings():
     """Show users and their roles."""
     users = db.session.scalars(sa.select(User).order_by(User.id)).all()
     return render_template("areas/settings.html", users=users)
+
+
+# --- Violation reasons ------------------------------------------------------------------------
+# Violations store the validator's English sentence and no code (a code column would need a
+# migration), so the sentences cdp.ingest and jsonschema write are matched here. Translations
+# leave out the offending value: it may be personal data, and the field is shown beside it.
+VIOLATION_REASONS = [
+    (r"each event must be a JSON object", _l("Each event must be a JSON object")),
+    (r"event is larger than 32 KB", _l("The event is larger than 32 KB")),
+    (r".* is not an ISO 8601 date-time", _l("Not an ISO 8601 date and time")),
+    (
+        r"userId, anonymousId or context\.externalIds is required",
+        _l("userId, anonymousId or context.externalIds is required"),
+    ),
+    (
+        r"(?P<type>\w+) value is on the block list: not used to link",
+        _l("This %(type)s is on the block list: not used to link profiles"),
+    ),
+    (r"'(?P<name>.*)' is not in the tracking plan", _l("“%(name)s” is not in the tracking plan")),
+    (r"not an e-mail address", _l("Not an e-mail address")),
+    (r"not a valid phone number|not a phone number: .*", _l("Not a valid phone number")),
+    (r"unknown identifier type '(?P<type>.*)'", _l("Unknown identifier type “%(type)s”")),
+    (r"(?P<type>\w+) must be a string", _l("%(type)s must be a string")),
+    (r"(?P<type>\w+) is empty", _l("%(type)s is empty")),
+    (r"(?P<type>\w+) needs a collection .*", _l("%(type)s needs a namespace (e.g. the app ID)")),
+    (
+        r"(?P<type>\w+) is longer than (?P<limit>\d+) characters",
+        _l("%(type)s is longer than %(limit)s characters"),
+    ),
+    # jsonschema's sentences (the message spec and tracking plans)
+    (r"'(?P<name>.*)' is a required property", _l("The required field “%(name)s” is missing")),
+    (r".* is not of type (?P<type>.*)", _l("Wrong type: expected %(type)s")),
+    (r".* is not one of .*|.* was expected", _l("Not one of the allowed values")),
+    (r".* is too long", _l("Too long")),
+    (r".* is too short|.* should be non-empty", _l("Too short or empty")),
+    (r"Additional properties are not allowed .*", _l("Holds fields that are not allowed here")),
+    (r".* does not match .*", _l("Does not have the required format")),
+    (r".* is not a '(?P<format>.*)'", _l("Not a valid %(format)s")),
+    (r".* is not valid under any of the given schemas", _l("Matches none of the allowed forms")),
+    (
+        r".* is (?:greater|less) than the (?:maximum|minimum) of (?P<limit>.*)",
+        _l("Outside the allowed range (limit %(limit)s)"),
+    ),
+]
+_VIOLATION_PATTERNS = [(re.compile(p, re.DOTALL), label) for p, label in VIOLATION_REASONS]
+
+
+@bp.app_template_global()
+def violation_reason(reason: str) -> str:
+    """The translated reason of a violation; a sentence not known here is shown as stored."""
+    for pattern, label in _VIOLATION_PATTERNS:
+        match = pattern.fullmatch(reason or "")
+        if match:
+            return label % match.groupdict() if match.groupdict() else str(label)
+    return reason
