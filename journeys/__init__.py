@@ -3,9 +3,11 @@
 from flask import Flask
 
 from cdp.ingest.tasks import register_event_processor
+from cdp.privacy.export import register_export_section
 from cdp.queue import register_periodic
 from journeys import (
     models,  # noqa: F401  (the tables join the app's metadata)
+    privacy,
     settings,
 )
 from journeys.channels import receipts
@@ -20,5 +22,6 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(journeys_group)
     register_event_processor("journeys", events.process_events)
     register_event_processor("journey-receipts", receipts.process_events)
+    register_export_section("journeys", privacy.export_section)
     for job in periodic_jobs(int(app.config["JOURNEY_SWEEP_SECONDS"])):
         register_periodic(job)
