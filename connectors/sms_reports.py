@@ -1,4 +1,4 @@
-"""SMS delivery reports (status callbacks) from an Aliyun-style gateway → canonical events.
+"""SMS delivery reports and replies from an Aliyun-style gateway → canonical events.
 
 The gateway POSTs a JSON array of reports, Aliyun ``SmsReport`` style::
 
@@ -18,6 +18,11 @@ Each report about a number some profile holds (reports never create profiles) is
 a replayed report is stored once. The answer is Aliyun's
 ``{"code": 0, "msg": "成功"}`` (anything else makes the gateway retry) plus counts.
 ``journeys.channels.receipts`` turns the events into delivery statuses.
+
+Replies (Aliyun ``SmsUpReport``: ``[{"phone_number", "content", "send_time", "sign_name",
+"dest_code", "sequence_id"}]``) go to ``…/replies`` with the same tokens; each becomes an
+``sms_reply`` track with ``properties.text``, so a "TD" / "T" / "退订" reply withdraws SMS
+marketing consent (``cdp.privacy.consent_events``); dedupe key ``sms-up:<sequence_id>``.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ record_failures(bp)
 
 class SmsSourceKind(SourceKind):
     name = KIND
-    label = "SMS gateway (delivery reports)"
+    label = "SMS gateway (delivery reports and replies)"
     options_schema = {
         "type": "object",
         "properties": {"callback_token": {"type": "string", "minLength": 16, "maxLength": 256}},
@@ -70,7 +75,10 @@ class SmsSourceKind(SourceKind):
     secret_options = ("callback_token",)
 
     def endpoint_urls(self, base_url: str, source: Source) -> dict[str, str]:
-        return {"reports": f"{base_url}/connectors/sms/{source.id}/reports"}
+        return {
+            "reports": f"{base_url}/connectors/sms/{source.id}/reports",
+            "replies": f"{base_url}/connectors/sms/{source.id}/replies",
+        }
 
 
 def _presented_token() -> str | None:
@@ -142,13 +150,50 @@ def report_message(report: dict, index: int) -> dict:
     return message
 
 
+def reply_message(reply: dict, index: int) -> dict:
+    """The canonical ``sms_reply`` event of one upstream message (a person answering)."""
+    if not isinstance(reply, dict):
+        raise http_error(BadRequest, f"reply {index} is not an object", field=f"{index}")
+    sequence, phone = _text(reply.get("sequence_id"), 64), _text(reply.get("phone_number"), 32)
+    if not sequence:
+        raise http_error(
+            BadRequest, f"reply {index} has no sequence_id", field=f"{index}.sequence_id"
+        )
+    if not phone:
+        raise http_error(BadRequest, f"reply {index} has no phone_number", field=f"{index}.phone")
+    message = {
+        "type": "track",
+        "event": "sms_reply",
+        "messageId": message_id("sms-up", sequence),
+        "properties": {
+            "channel": "sms",
+            "text": _text(reply.get("content"), 500).strip(),
+            "sign_name": _text(reply.get("sign_name"), 64),
+            "dest_code": _text(reply.get("dest_code"), 32),
+        },
+        "context": {"externalIds": [external_id("phone", phone)], "channel": "sms"},
+    }
+    at = _time(reply.get("send_time"))
+    if at:
+        message["timestamp"] = at
+    return message
+
+
+def _parse(raw: bytes, one) -> list[dict]:
+    """Canonical messages of a gateway body (an array, or one object)."""
+    payload = parse_json(raw, "the request body")
+    items = payload if isinstance(payload, list) else [payload]
+    if len(items) > MAX_REPORTS:
+        raise http_error(BadRequest, f"at most {MAX_REPORTS} items per request")
+    return [one(item, i) for i, item in enumerate(items)]
+
+
 def parse_reports(raw: bytes) -> list[dict]:
-    """Canonical messages of a report body (an array, or one report object)."""
-    payload = parse_json(raw, "the report body")
-    reports = payload if isinstance(payload, list) else [payload]
-    if len(reports) > MAX_REPORTS:
-        raise http_error(BadRequest, f"at most {MAX_REPORTS} reports per request")
-    return [report_message(report, i) for i, report in enumerate(reports)]
+    return _parse(raw, report_message)
+
+
+def parse_replies(raw: bytes) -> list[dict]:
+    return _parse(raw, reply_message)
 
 
 def _phone_index(message: dict) -> str | None:
@@ -198,11 +243,11 @@ def _default_source() -> Source:
     return source
 
 
-def _store(source: Source) -> Response:
+def _store(source: Source, parse=parse_reports) -> Response:
     received_at = utcnow()
-    raw = read_body(MAX_BODY, what="the report body")
+    raw = read_body(MAX_BODY, what="the request body")
     g.connector_payload = raw
-    reports = parse_reports(raw)
+    reports = parse(raw)
     try:
         messages = known_only(reports)
     except (sa.exc.OperationalError, sa.exc.InterfaceError):
@@ -234,3 +279,18 @@ def source_reports(source_id: str):
     source, options = connector_source(source_id, KIND)
     check_token(options.get("callback_token") or setting(current_app.config, "SMS_CALLBACK_TOKEN"))
     return _store(source)
+
+
+@bp.post("/replies")
+def replies():
+    """Replies (upstream messages) authenticated by the app's ``SMS_CALLBACK_TOKEN``."""
+    check_token(setting(current_app.config, "SMS_CALLBACK_TOKEN"))
+    return _store(_default_source(), parse_replies)
+
+
+@bp.post("/<source_id>/replies")
+def source_replies(source_id: str):
+    """Replies for one ``sms`` source (its ``callback_token``, else ``SMS_CALLBACK_TOKEN``)."""
+    source, options = connector_source(source_id, KIND)
+    check_token(options.get("callback_token") or setting(current_app.config, "SMS_CALLBACK_TOKEN"))
+    return _store(source, parse_replies)

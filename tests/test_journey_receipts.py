@@ -247,3 +247,40 @@ def test_template_job_finished_marks_delivered_or_failed(client, app, patient):
     with app.app_context():
         assert db.session.scalar(sa.select(sa.func.count()).select_from(ChannelUnreachable)) == 1
     assert statuses(app)["w1"] == ("delivered", None, True)
+
+
+def test_a_td_reply_withdraws_sms_marketing_consent(client, app, sms_source, patient):
+    """SMS upstream replies (SmsUpReport): "TD" is an opt-out, stored once, never a profile."""
+    from cdp.consent import has_consent, record_consent
+    from cdp.ingest.tasks import process_pending
+
+    with app.app_context():
+        from datetime import timedelta
+
+        record_consent(
+            SYSTEM, patient, "marketing", "sms", "granted", utcnow() - timedelta(hours=1)
+        )
+        db.session.commit()
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    sent = datetime.now(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m-%d %H:%M:%S")  # after the grant
+    reply = {"phone_number": PHONE, "content": " TD ", "send_time": sent,
+             "sign_name": "康护", "dest_code": "01", "sequence_id": 9001}  # fmt: skip
+    stranger = {**reply, "phone_number": "13900139000", "sequence_id": 9002}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/connectors/sms/replies", data="[]").status_code == 401
+    first = client.post("/connectors/sms/replies", data=json.dumps([reply, stranger]),
+                        headers=headers)  # fmt: skip
+    assert first.status_code == 200
+    assert (first.get_json()["accepted"], first.get_json()["unknown_numbers"]) == (1, 1)
+    again = client.post(f"/connectors/sms/{sms_source}/replies?token={TOKEN}",
+                        data=json.dumps([reply]))  # fmt: skip
+    assert again.get_json()["duplicates"] == 1
+    bad = client.post("/connectors/sms/replies", data=json.dumps([{"content": "TD"}]),
+                      headers=headers)  # fmt: skip
+    assert bad.status_code == 400
+    with app.app_context():
+        process_pending()
+        assert not has_consent(patient, "marketing", "sms")
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Profile)) == 1

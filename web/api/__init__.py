@@ -14,6 +14,7 @@ from web.api import (
     journeys,
     loyalty,
     me,
+    models,
     partner,
     privacy,
     profiles,
@@ -40,6 +41,8 @@ API_BLUEPRINTS = (
     content.bp,
     consents.bp,
     privacy.bp,
+    audit.bp,
+    models.bp,
 )
 
 

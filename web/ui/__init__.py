@@ -7,6 +7,7 @@ from web.ui import (
     dashboard,
     journeys,
     loyalty,
+    models,
     privacy,
     profiles,
     segments,
@@ -24,4 +25,5 @@ BLUEPRINTS = (
     segments.bp,
     journeys.bp,
     loyalty.bp,
+    models.bp,
 )

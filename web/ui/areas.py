@@ -44,28 +44,6 @@ from web.ui.forms import (
 
 bp = Blueprint("areas", __name__)
 
-# Areas whose capability lands with a later issue; the frame links them already.
-UPCOMING = {
-    "models": (_l("Models"), "models:view"),
-}
-
-
-def _upcoming_view(area: str):
-    title, permission = UPCOMING[area]
-
-    @requires(permission)
-    def view():
-        return render_template("areas/upcoming.html", title=title, area=area)
-
-    view.__name__ = area
-    view.__doc__ = f"Placeholder page of the {area} area."
-    return view
-
-
-for _area in UPCOMING:
-    bp.add_url_rule(f"/{_area}", endpoint=_area, view_func=_upcoming_view(_area))
-
-
 PAGE_SIZE = 50
 
 
