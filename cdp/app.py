@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from cdp import commands, db, pii, privacy, queue, sweeper
+from cdp import commands, db, hcp, pii, privacy, queue, sweeper
 from cdp.config import ConfigError, base_config, finalize, from_environment
 from cdp.extensions import migrate
 from cdp.ingest import tasks as ingest_tasks
@@ -37,6 +37,7 @@ def create_app(config: dict | None = None) -> Flask:
     sweeper.init_app(app)
     ingest_tasks.init_app(app)
     privacy.init_app(app)  # consent from channel events, retention, content expiry
+    hcp.init_app(app)  # doctors' meeting and quiz events, erasure of speakers
     commands.init_app(app)
     for name in app.config["COMPONENTS"]:
         importlib.import_module(name).init_app(app)

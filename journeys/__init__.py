@@ -6,6 +6,7 @@ from cdp.ingest.tasks import register_event_processor
 from cdp.privacy.export import register_export_section
 from cdp.queue import register_periodic
 from journeys import (
+    hcp_actions,  # noqa: F401  (registers the invite_to_meeting step's action)
     models,  # noqa: F401  (the tables join the app's metadata)
     privacy,
     settings,

@@ -12,7 +12,14 @@ UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 # Steps that wait: a cycle through one of them cannot spin.
 WAIT_STEPS = ("wait", "wait_for_event")
 # Steps that perform a side effect through the delivery outbox.
-EFFECT_STEPS = ("send", "issue_coupon", "award_points", "update_trait", "webhook")
+EFFECT_STEPS = (
+    "send",
+    "issue_coupon",
+    "award_points",
+    "update_trait",
+    "webhook",
+    "invite_to_meeting",
+)
 MISSING = object()
 
 

@@ -23,8 +23,10 @@ from cdp.content.guards import journey_content_problems
 from cdp.content.library import local_date
 from cdp.db import db, utcnow
 from cdp.exceptions import ValidationFailed
+from cdp.hcp.meetings import open_for_invitations
 from cdp.loyalty.common import setting as loyalty_setting
 from cdp.models.content import ContentItem, ContentVersion
+from cdp.models.hcp import Meeting
 from cdp.models.loyalty import CouponCampaign
 from journeys.definition import WAIT_STEPS, schema
 from journeys.settings import setting
@@ -60,6 +62,9 @@ CODES = {
     "campaign_audience_mismatch": "coupon campaign {id} is for {audience}, this journey for {kind}",
     "unknown_points_action": "no points are configured for {action!r} (LOYALTY_ACTION_POINTS)",
     "points_action_not_for_hcp": "doctors earn points for educational actions only, not {action!r}",
+    "unknown_meeting": "no meeting {id}",
+    "meeting_closed": "meeting {id}: {why}",
+    "meeting_needs_hcp": "only doctors are invited to meetings: use an hcp audience",
     "quiet_hours_empty": "quiet hours start and end are equal",
     "bad_datetime": "must be an ISO 8601 date-time with a time zone",
 }
@@ -293,6 +298,8 @@ class _Checker:
             self.campaign(path + "/campaign_id", step["campaign_id"])
         elif kind == "award_points":
             self.points(path + "/action", step["action"])
+        elif kind == "invite_to_meeting":
+            self.meeting(path + "/meeting_id", step["meeting_id"])
 
     # The graph: ids, links, reachability, loops.
 
@@ -433,6 +440,16 @@ class _Checker:
             self.add(path, "unknown_points_action", action=action)
         elif self.kind == "hcp" and action not in loyalty_setting("LOYALTY_HCP_ACTIONS"):
             self.add(path, "points_action_not_for_hcp", action=action)
+
+    def meeting(self, path: str, meeting_id: int) -> None:
+        meeting = _get(Meeting, meeting_id)
+        if meeting is None:
+            return self.add(path, "unknown_meeting", id=meeting_id)
+        why = open_for_invitations(meeting, self.at)
+        if why:
+            self.add(path, "meeting_closed", id=meeting_id, why=why)
+        if self.kind != "hcp":
+            self.add(path, "meeting_needs_hcp")
 
     def settings(self) -> None:
         """Values the schema allows that make no sense."""

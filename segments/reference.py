@@ -10,8 +10,11 @@ import sqlalchemy as sa
 
 from cdp.db import db
 from cdp.models import ConsentState, Event, Identity, Profile
+from cdp.models.hcp import KnowledgeScore
 from segments.compiler import analyze, evaluate
 from segments.conditions import Context, Facts
+from segments.conditions.journey import INSTANCES
+from segments.propensity.models import ModelVersion, PropensityModel, PropensityScore
 
 
 def load_facts(profile_ids: list[int] | None = None) -> list[Facts]:
@@ -49,7 +52,48 @@ def load_facts(profile_ids: list[int] | None = None) -> list[Facts]:
     for pid, purpose, channel, status in session.execute(only(consents, ConsentState.profile_id)):
         if pid in people:
             people[pid].consents[(purpose, channel)] = status
+    _load_derived(session, people, only)
     return list(people.values())
+
+
+def _load_derived(session, people: dict, only) -> None:
+    """Facts other packages keep: propensity scores, doctors' knowledge, journey instances."""
+    scores = (
+        sa.select(
+            PropensityScore.profile_id,
+            PropensityModel.name,
+            PropensityScore.score,
+            PropensityScore.rank,
+            ModelVersion.scored_count,
+            ModelVersion.health_data,
+        )
+        .join(ModelVersion, ModelVersion.id == PropensityScore.model_version_id)
+        .join(PropensityModel, PropensityModel.id == ModelVersion.model_id)
+        .where(ModelVersion.active.is_(True))
+    )
+    for pid, name, score, rank, scored, health in session.execute(
+        only(scores, PropensityScore.profile_id)
+    ):
+        if pid in people:
+            people[pid].scores[name] = (score, rank, scored, health)
+    knowledge = sa.select(KnowledgeScore.profile_id, KnowledgeScore.dimension, KnowledgeScore.score)
+    for pid, dimension, score in session.execute(only(knowledge, KnowledgeScore.profile_id)):
+        if pid in people:
+            people[pid].knowledge[dimension] = score
+    instances = sa.select(
+        INSTANCES.c.profile_id,
+        INSTANCES.c.journey_id,
+        INSTANCES.c.state,
+        INSTANCES.c.converted_at.is_not(None),
+    ).where(
+        INSTANCES.c.test.is_(False),
+        sa.or_(INSTANCES.c.exit_reason.is_(None), INSTANCES.c.exit_reason != "global_control"),
+    )
+    for pid, journey_id, state, converted in session.execute(
+        only(instances, INSTANCES.c.profile_id)
+    ):
+        if pid in people:
+            people[pid].journeys.append((journey_id, state, bool(converted)))
 
 
 def reference_members(definition: dict, ctx: Context, facts: list[Facts] | None = None) -> set[int]:

@@ -46,8 +46,10 @@ class IdempotentSms(RecordingSms):
 
 def local(day: str, hm: str) -> datetime:
     """A moment in Shanghai local time, as the engine's UTC datetimes."""
-    return datetime.fromisoformat(f"{day}T{hm}:00").replace(tzinfo=SHANGHAI).astimezone(
-        utcnow().tzinfo
+    return (
+        datetime.fromisoformat(f"{day}T{hm}:00")
+        .replace(tzinfo=SHANGHAI)
+        .astimezone(utcnow().tzinfo)
     )
 
 

@@ -36,11 +36,21 @@ NAV_ZH = [
     "旅程",
     "内容",
     "会员积分",
+    "医生",
     "模型",
     "数据源",
     "系统状态",
 ]
-NAV_EN = ["Dashboard", "Profiles", "Segments", "Journeys", "Content", "Loyalty", "Models"]
+NAV_EN = [
+    "Dashboard",
+    "Profiles",
+    "Segments",
+    "Journeys",
+    "Content",
+    "Loyalty",
+    "Doctors",
+    "Models",
+]
 
 
 @pytest.fixture(scope="module")

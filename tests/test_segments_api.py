@@ -84,7 +84,7 @@ def test_invalid_definitions_name_the_path_and_the_problem(client, token, app_ct
             "and": [
                 {"type": "trait", "trait": "city", "op": "in", "value": "上海"},
                 {"type": "event_count", "event": "pos_purchase", "op": "gte"},
-                {"type": "journey", "journey_id": 1},
+                {"type": "coupon", "campaign_id": 1},
                 {"type": "segment", "segment_id": 999},
             ]
         }

@@ -19,6 +19,7 @@ NAV_ZH = {
     "/journeys": "旅程",
     "/content": "内容",
     "/loyalty": "会员积分",
+    "/doctors": "医生",
     "/models": "模型",
     "/sources": "数据源",
     "/audit": "审计日志",
@@ -189,6 +190,7 @@ def test_dashboard_switches_to_english(client, auth, admin):
         "Journeys",
         "Content",
         "Loyalty",
+        "Doctors",
         "Models",
         "Sources",
         "Audit",
@@ -275,7 +277,7 @@ def test_pages_show_the_sample_rows(client, auth, sample_data):
     assert "失败" in dashboard and "成功" in dashboard  # job statuses
     doctors = Page(_html(client.get("/profiles?kind=hcp")))
     assert "上海" in doctors.texts
-    assert doctors.texts.count("医生") == 2 and doctors.texts.count("患者") == 1  # tab + row, tab
+    assert doctors.texts.count("医生") == 3 and doctors.texts.count("患者") == 1  # tab + row, tab
     sources = Page(_html(client.get("/sources")))
     assert "公众号测试" in sources.texts and "已启用" in sources.texts
     settings = Page(_html(client.get("/settings")))

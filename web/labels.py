@@ -14,6 +14,8 @@ ROLE_LABELS = {
     "reviewer": _l("Medical/legal reviewer"),
     "analyst": _l("Data scientist"),
     "partner": _l("Partner pharmacy"),
+    "rep": _l("Medical representative"),
+    "manager": _l("Rep manager"),
 }
 CHANNEL_LABELS = {
     "wechat": _l("WeChat official account"),

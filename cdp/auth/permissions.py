@@ -30,6 +30,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "models:view",
             "sources:view",
             "jobs:view",
+            "hcp:view",
+            "hcp:edit",
         }
     ),
     "reviewer": frozenset(
@@ -54,9 +56,14 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
             "consents:view",
             "loyalty:view",
             "jobs:view",
+            "hcp:view",
         }
     ),
     "partner": frozenset({"partner:api"}),
+    # Field force: reps look after their own doctors and ask for invitations; managers approve
+    # them, override tiers and approve academic items. Neither sees patients or content drafts.
+    "rep": frozenset({"dashboard:view", "hcp:view", "hcp:edit"}),
+    "manager": frozenset({"dashboard:view", "hcp:view", "hcp:edit", "hcp:approve"}),
     "admin": frozenset(),  # everything, see allowed()
 }
 

@@ -10,6 +10,7 @@ import cdp.models  # noqa: F401  (registers every table on the metadata for auto
 import connectors.models  # noqa: F401
 import journeys.models  # noqa: F401
 import segments.models  # noqa: F401
+import segments.propensity.models  # noqa: F401
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("quiet"):

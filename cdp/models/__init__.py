@@ -4,6 +4,7 @@ from cdp.models.audit import AuditEntry
 from cdp.models.consent import ConsentRecord, ConsentState
 from cdp.models.content import ContentVersion  # noqa: F401  (registers the content tables)
 from cdp.models.events import Event
+from cdp.models.hcp import HcpProfile  # noqa: F401  (registers the doctor engagement tables)
 from cdp.models.identity import BlockedIdentifier, IdentityConflict, Merge
 from cdp.models.ingest import OutboxBatch, Violation
 from cdp.models.jobs import JobRun

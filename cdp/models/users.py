@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from cdp.db import UTCDateTime, db, utcnow
 
-ROLES = ("admin", "marketer", "reviewer", "analyst", "partner")
+ROLES = ("admin", "marketer", "reviewer", "analyst", "partner", "rep", "manager")
 
 
 class User(db.Model):

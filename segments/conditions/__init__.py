@@ -2,8 +2,11 @@
 
 from segments.conditions import (  # noqa: F401  (registers the types)
     events,
+    hcp,
+    journey,
     medication,
     profile,
+    propensity,
     reach,
 )
 from segments.conditions.base import PLANNED, REGISTRY, Condition, Context, Facts

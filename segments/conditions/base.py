@@ -40,6 +40,11 @@ class Facts:
     identities: set[tuple[str, str]] = field(default_factory=set)  # (type, namespace)
     events: list[tuple[str | None, datetime, dict]] = field(default_factory=list)
     consents: dict[tuple[str, str], str] = field(default_factory=dict)
+    # model name -> (score, rank, profiles scored, health-data model) of its active version
+    scores: dict[str, tuple[float, int, int, bool]] = field(default_factory=dict)
+    knowledge: dict[str, float] = field(default_factory=dict)  # doctor: dimension -> score
+    # (journey id, instance state, converted) of each counted journey instance
+    journeys: list[tuple[int, str, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -117,10 +122,8 @@ REGISTRY: dict[str, type[Condition]] = {}
 
 # Condition types designed but not yet available (their data does not exist yet).
 PLANNED: dict[str, str] = {
-    "journey": "journey state (entered / completed / converted) once journeys exist",
     "coupon": "coupon state (issued / redeemed / expired) once the loyalty ledger exists",
     "points": "points balance or earned in a window once the loyalty ledger exists",
-    "propensity": "propensity score threshold or top N% once models exist",
 }
 
 

@@ -9,6 +9,7 @@ from web.api import (
     audit,
     consents,
     content,
+    hcp,
     identity,
     jobs,
     journeys,
@@ -43,6 +44,7 @@ API_BLUEPRINTS = (
     privacy.bp,
     audit.bp,
     models.bp,
+    hcp.bp,
 )
 
 

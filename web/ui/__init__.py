@@ -5,6 +5,8 @@ from web.ui import (
     auth,
     content,
     dashboard,
+    hcp,
+    hcp_meetings,
     journeys,
     loyalty,
     models,
@@ -26,4 +28,6 @@ BLUEPRINTS = (
     journeys.bp,
     loyalty.bp,
     models.bp,
+    hcp.bp,
+    hcp_meetings.bp,
 )

@@ -40,6 +40,7 @@ STEP_LABELS = {
     "award_points": _l("Award points"),
     "update_trait": _l("Update a trait"),
     "webhook": _l("Call a webhook"),
+    "invite_to_meeting": _l("Invite to a meeting"),
     "exit": _l("Exit"),
 }
 COUNT_LABELS = {

@@ -24,6 +24,7 @@ NAV_ITEMS = (
     NavItem("journey.index", _l("Journeys"), "journeys:view"),
     NavItem("content_ui.index", _l("Content"), "content:view"),
     NavItem("loyalty.index", _l("Loyalty"), "loyalty:view"),
+    NavItem("hcp_ui.index", _l("Doctors"), "hcp:view"),
     NavItem("models_ui.index", _l("Models"), "models:view"),
     NavItem("areas.sources", _l("Sources"), "sources:view"),
     NavItem("areas.audit", _l("Audit"), "audit:view"),

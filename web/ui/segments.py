@@ -243,9 +243,18 @@ TYPE_LABELS = {
     "reachable": _l("Reachable on a channel"),
     "consent": _l("Consent"),
     "segment": _l("In another segment"),
+    "propensity": _l("Propensity score"),
+    "journey": _l("Journey state"),
+    "knowledge": _l("Doctor's knowledge in a dimension"),
 }
 FIELD_LABELS = {
     "kind": _l("Kind"),
+    "model": _l("Model"),
+    "journey_id": _l("Journey"),
+    "state": _l("State"),
+    "dimension": _l("Knowledge dimension"),
+    "weak": _l("Weak"),
+    "top_percent": _l("Top share, per cent"),
     "trait": _l("Trait"),
     "op": _l("Comparison"),
     "value": _l("Value"),

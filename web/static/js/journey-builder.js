@@ -374,6 +374,7 @@
       award_points: { action: config.actions[0] || "" },
       update_trait: { trait: "", value: "" },
       webhook: { url: "https://" },
+      invite_to_meeting: { meeting_id: null },
       exit: {}
     };
     return Object.assign({ id: id, type: type }, JSON.parse(JSON.stringify(defaults[type] || {})));
@@ -436,6 +437,9 @@
     },
     webhook: function (step) {
       return [textInput(step, "url", { type: "url" }), contentChoice(step, "webhook"), stepChoice(step, "next")];
+    },
+    invite_to_meeting: function (step) {
+      return [textInput(step, "meeting_id", { type: "number", number: true }), stepChoice(step, "next")];
     },
     exit: function () { return []; }
   };
