@@ -11,7 +11,7 @@ from cdp.consent import record_consent
 from cdp.db import db, utcnow
 from cdp.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from cdp.models import AuditEntry, Profile
-from journeys import service
+from journeys import dry_run, service
 from journeys.control import in_global_control
 from journeys.models import Delivery, JourneyInstance, JourneyStepLog, JourneyVersion
 from journeys.stats import deliveries, journey_stats
@@ -288,7 +288,7 @@ def test_dry_run_counts_who_would_enter_now(world, marketer, app):
     members = patients[:30]
     control = [p for p in members if in_global_control(p)]
     assert 0 < len(control) < 30
-    result = service.dry_run(journey.id, limit=5)
+    result = dry_run.dry_run(journey.id, limit=5)
     assert result["count"] == 30 - len(control)
     assert result["excluded_control"] == len(control)
     assert result["sample"] == [p for p in members if p not in control][:5]
@@ -298,15 +298,15 @@ def test_dry_run_counts_who_would_enter_now(world, marketer, app):
     instance(journey, version, first, "wait_runout")
     record_consent(SYSTEM, second, "automated_marketing", "*", "withdrawn")
     db.session.commit()
-    assert service.dry_run(journey.id)["count"] == 28 - len(control)
+    assert dry_run.dry_run(journey.id)["count"] == 28 - len(control)
     # Event triggers: the audience (kind and segment) is the estimate.
     service.update_journey(marketer, journey.id, definition=refill(world))
-    assert service.dry_run(journey.id)["count"] == 30  # a service journey: no control group
+    assert dry_run.dry_run(journey.id)["count"] == 30  # a service journey: no control group
     # Test mode: only the test profiles.
     service.set_test_mode(marketer, journey.id, enabled=True, profile_ids=[patients[0], doctors[0]])
-    assert service.dry_run(journey.id)["sample"] == [patients[0]]
+    assert dry_run.dry_run(journey.id)["sample"] == [patients[0]]
     with pytest.raises(InvalidDefinition):
-        service.dry_run(journey.id, definition={"steps": []})
+        dry_run.dry_run(journey.id, definition={"steps": []})
 
 
 def test_stats_from_instances_step_log_and_outbox(world, marketer):
@@ -479,7 +479,7 @@ def test_the_hand_written_sql_runs_on_postgresql(pg_world):
     step(segment_journey, "wait_buy")["match_entry_key"] = False
     _join(world.segment, [a, b, c])
     other, _ = published(world, marketer, segment_journey)
-    result = service.dry_run(other.id)
+    result = dry_run.dry_run(other.id)
     assert result["count"] + result["excluded_control"] == 3
     assert journey_stats(journey.id)["totals"]["entered"] == 2
     service.archive(marketer, journey.id)

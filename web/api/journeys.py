@@ -11,7 +11,7 @@ from flask import jsonify
 from flask.views import MethodView
 from marshmallow import INCLUDE, Schema, fields, validate
 
-from journeys import service, stats
+from journeys import dry_run, service, stats
 from journeys.definition import schema as journey_schema
 from journeys.models import DELIVERY_STATUSES, JOURNEY_STATUSES
 from journeys.validation import InvalidDefinition
@@ -327,7 +327,7 @@ class DryRun(MethodView):
     @bp.alt_response(422, schema=JourneyInvalidDefinitionErrorSchema, description="not readable")
     def post(self, data, journey_id):
         """Who would enter now: a count and sample profile ids; nothing is started."""
-        return service.dry_run(journey_id, data["limit"], definition=data["definition"])
+        return dry_run.dry_run(journey_id, data["limit"], definition=data["definition"])
 
 
 @deliveries_bp.route("")

@@ -16,6 +16,7 @@ from cdp.exceptions import CdpError
 from cdp.loyalty.campaigns import list_campaigns
 from cdp.loyalty.common import setting as loyalty_setting
 from journeys import service, stats, validation
+from journeys.dry_run import dry_run as who_would_enter
 from segments import service as segment_service
 from web.labels import can
 from web.session_auth import current_actor, requires
@@ -401,7 +402,7 @@ def dry_run(journey_id: int):
     if not ActionForm().validate_on_submit():
         abort(400)
     try:
-        result = service.dry_run(journey.id)
+        result = who_would_enter(journey.id)
     except CdpError as exc:
         return _render_test(journey, exc.status, error=exc.message)
     return _render_test(journey, dry=result)
