@@ -12,6 +12,7 @@ run: $(RUNTIME_STAMP)
 	$(BIN)/cdp db upgrade
 	$(BIN)/cdp seed-demo --if-empty
 	$(BIN)/cdp loyalty seed-demo --if-empty
+	$(BIN)/cdp hcp seed-demo --if-empty
 	$(BIN)/cdp journeys seed-demo --if-empty
 	$(BIN)/cdp serve
 

@@ -167,10 +167,23 @@ def phase(args) -> dict:
                 SYSTEM, "coupon_60d",
                 progress=lambda _d, _t, m: marks.append((round(time.perf_counter() - started, 1), m)),
             )  # fmt: skip
-            result = {"profiles": len(scored.frame), "stages": marks[:3] + marks[-2:]}
+            marks.append((round(time.perf_counter() - started, 1), "stored"))
+            result = {"profiles": len(scored.frame), "stages": _stages(marks)}
         result.update(seconds=round(time.perf_counter() - started, 1), peak_mb=round(peak_mb()))
     print("RESULT " + json.dumps(result, ensure_ascii=False))
     return result
+
+
+def _stages(marks: list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Seconds spent in each step, named by the progress message that ends it (the
+    prediction chunks as one step)."""
+    chunks = [m for m in marks if m[1].startswith("scored ")]
+    kept = [m for m in marks if not m[1].startswith("scored ") or m is chunks[-1]]
+    previous, out = 0.0, []
+    for at, message in kept:
+        out.append((round(at - previous, 1), message))
+        previous = at
+    return out
 
 
 def run_phase(args, name: str) -> dict:

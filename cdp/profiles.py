@@ -189,3 +189,20 @@ def profile_events(
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, ((rows[-1].timestamp, rows[-1].id) if more else None)
+
+
+def profile_family(profile_id: int) -> list[int]:
+    """``profile_id`` and every profile merged into it, directly or through other merges."""
+    family = [profile_id]
+    frontier = [profile_id]
+    while frontier:
+        children = list(
+            db.session.scalars(
+                sa.select(Profile.id).where(
+                    Profile.merged_into_id.in_(frontier), Profile.id.not_in(family)
+                )
+            )
+        )
+        family += children
+        frontier = children
+    return family

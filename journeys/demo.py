@@ -3,8 +3,10 @@
 The demo marketer writes the content and the demo reviewer approves it (MLR numbers, expiry
 a year ahead); the journeys are created and published through ``journeys.service``, so the
 validator checks them like any other. Everything is looked up by name first: a second run
-creates nothing. Run it after ``cdp seed-demo`` (the users, people and consents) and
-``cdp loyalty seed-demo`` (the OTC coupon campaign; one is created if it is missing).
+creates nothing. Run it after ``cdp seed-demo`` (the users, people and consents),
+``cdp loyalty seed-demo`` (the OTC coupon campaign; one is created if it is missing) and
+``cdp hcp seed-demo`` (the doctors' master data and the upcoming meeting; planned here if
+it is missing).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from cdp.content import operations as content_ops
 from cdp.content.library import local_date
 from cdp.db import db, utcnow
 from cdp.exceptions import Conflict
+from cdp.hcp.events import LEARNING_COMPLETED  # minutes watched + quiz: learning complete
 from cdp.loyalty import campaigns, products
 from cdp.loyalty.common import setting as loyalty_setting
 from cdp.models.content import ContentItem
+from cdp.models.hcp import Meeting
+from cdp.seed import hcp as hcp_demo
 from cdp.seed import vocab
 from journeys import service
 from journeys.models import Journey
@@ -34,8 +39,7 @@ from segments.models import Segment
 
 CST = ZoneInfo("Asia/Shanghai")
 OTC_CAMPAIGN = vocab.COUPONS[2][1]  # "常备药 5 元券", made by `cdp loyalty seed-demo`
-MEETING_ID, MEETING_TOPIC = vocab.MEETINGS[0]
-CME_QUIZ = f"cme_{MEETING_ID}"
+MEETING_TOPIC = hcp_demo.UPCOMING.topic
 CHRONIC_CODES = [drug.code for drug in vocab.CHRONIC_RX]
 OTC_NAMES = [drug.name for drug in vocab.OTC]
 HEALTH_SEGMENT = "已授权健康数据的患者"
@@ -64,8 +68,9 @@ DESCRIPTIONS = {
         "心血管健康小测评，7 天内完成得积分。取消关注即退出。"
     ),
     "hcp_meeting": (
-        "{at} 向已认证、可经服务号触达的心内科医生发送线上学术会“{topic}”通知（非处方药内容）；"
-        "参会后 3 天内完成 CME 测验的医生获得继续教育积分（教育类行为，受医生年度积分上限约束）。"
+        "{at} 邀请已认证、可经服务号触达的心内科医生参加线上学术会“{topic}”（记为会议邀请，"
+        "无需经理审批），并发送会议通知（非处方药内容）。医生观看达到最低时长并提交测验即完成学习，"
+        "由医生学术模块发放继续教育积分（仅限已认证医生，受年度积分上限约束）；旅程等待 14 天。"
     ),
 }
 
@@ -86,7 +91,7 @@ def _template(template_id: str, fields: dict, **extra) -> dict:
     return {"body": {"template_id": template_id, "fields": fields, **extra}}
 
 
-def _content_specs(meeting_at: datetime) -> dict[str, tuple[str, str, dict]]:
+def _content_specs(meeting: Meeting) -> dict[str, tuple[str, str, dict]]:
     """key -> (name, kind, fields) of each demo content item."""
     app = vocab.MINIPROGRAM_APP_ID
     service_notice = {"audience": "patient", "product_class": "non_drug", "category": "service"}
@@ -131,9 +136,9 @@ def _content_specs(meeting_at: datetime) -> dict[str, tuple[str, str, dict]]:
         "meeting_invite": (f"学术会议通知：{MEETING_TOPIC}", "wechat_template", {
             **_template(vocab.JOURNEY_TEMPLATES["meeting"][0],
                         {"thing1": MEETING_TOPIC,
-                         "time2": meeting_at.astimezone(CST).strftime("%Y-%m-%d %H:%M"),
+                         "time2": meeting.starts_at.astimezone(CST).strftime("%Y-%m-%d %H:%M"),
                          "thing3": "线上直播，会后测验得CME学分"},
-                        url=f"https://carepath.example/meetings/{MEETING_ID}"),
+                        url=f"https://carepath.example/meetings/{meeting.id}"),
             "audience": "hcp", "product_class": "non_drug", "category": "service",
             "therapeutic_area": "心血管"}),
     }  # fmt: skip
@@ -210,7 +215,7 @@ def _definitions(ids: dict, invite_at: datetime) -> dict[str, dict]:
     rx = _refill_steps(ids["refill_notice"])
     rx[2].update(next="done", timeout_next="overdue")
     patients = {"kind": "patient", "segment_id": ids["health_segment"]}
-    this_meeting = [{"property": "meeting_id", "op": "equals", "value": MEETING_ID}]
+    this_meeting = [{"property": "meeting_id", "op": "equals", "value": ids["meeting"]}]
     return {
         "otc_refill": {
             "category": "marketing",  # the coupon and its announcement are marketing
@@ -285,23 +290,21 @@ def _definitions(ids: dict, invite_at: datetime) -> dict[str, dict]:
             "trigger": {"type": "schedule", "segment_id": ids["cardio_segment"],
                         "at": invite_at.isoformat()},
             "entry": {"reentry": "once"},
-            "goal": {"event": "meeting_attended", "within_days": 14, "where": this_meeting},
+            "goal": {"event": LEARNING_COMPLETED, "within_days": 14, "where": this_meeting},
             "quiet_hours": {"start": "20:00", "end": "08:30", "policy": "defer"},
             "start": "invite",
             "steps": [
-                {"id": "invite", "type": "send", "label": "会议通知", "channel": "wechat",
-                 "content_id": ids["meeting_invite"], "next": "attended"},
-                {"id": "attended", "type": "wait_for_event", "label": "14 天内参会",
-                 "event": "meeting_attended", "where": this_meeting, "timeout": "14d",
-                 "next": "cme_quiz", "timeout_next": "no_show"},
-                {"id": "cme_quiz", "type": "wait_for_event", "label": "3 天内完成 CME 测验",
-                 "event": "quiz_completed", "timeout": "3d", "next": "cme_points",
-                 "where": [{"property": "quiz_id", "op": "equals", "value": CME_QUIZ}],
-                 "timeout_next": "no_quiz"},
-                {"id": "cme_points", "type": "award_points", "label": "CME 积分",
-                 "action": "cme_module_completed"},  # educational: doctors, within the cap
-                {"id": "no_show", "type": "exit", "label": "未参会"},
-                {"id": "no_quiz", "type": "exit", "label": "未完成测验"}],
+                {"id": "invite", "type": "invite_to_meeting", "label": "会议邀请",
+                 "meeting_id": ids["meeting"], "next": "notice"},
+                {"id": "notice", "type": "send", "label": "会议通知", "channel": "wechat",
+                 "content_id": ids["meeting_invite"], "next": "learned"},
+                # Minutes watched and the quiz make the completion; the module awards the
+                # points (verified doctors, within the annual cap), so no step here does.
+                {"id": "learned", "type": "wait_for_event", "label": "14 天内完成学习",
+                 "event": LEARNING_COMPLETED, "where": this_meeting, "timeout": "14d",
+                 "next": "done", "timeout_next": "not_completed"},
+                {"id": "done", "type": "exit", "label": "已完成（积分由会议模块发放）"},
+                {"id": "not_completed", "type": "exit", "label": "未完成学习"}],
         },
     }  # fmt: skip
 
@@ -329,12 +332,14 @@ def seed_journeys(actor: Actor, now: datetime | None = None) -> dict:
     require(actor, "journeys:publish")
     now = now or utcnow()
     marketer, reviewer = _team()
-    # The doctors' invitation goes out at 10:00 in three days; the meeting is a week later.
+    # The doctors' invitation goes out at 10:00 in three days.
     invite_at = (now.astimezone(CST) + timedelta(days=3)).replace(
         hour=10, minute=0, second=0, microsecond=0
     )
-    ids = {}
-    specs = _content_specs(invite_at + timedelta(days=7, hours=9, minutes=30))
+    # The meeting of `cdp hcp seed-demo` (planned now when missing), a week after the invitation.
+    meeting = hcp_demo.upcoming_meeting(now, after=invite_at + timedelta(days=1))
+    ids = {"meeting": meeting.id}
+    specs = _content_specs(meeting)
     for n, (key, spec) in enumerate(specs.items(), start=1):
         ids[key] = _content(marketer, reviewer, spec, f"MLR-DEMO-{now:%Y}-{n:03d}", now)
     ids["health_segment"] = _segment(
@@ -349,7 +354,7 @@ def seed_journeys(actor: Actor, now: datetime | None = None) -> dict:
         CARDIO_SEGMENT,
         "执业资格已认证、已同意服务号营销消息的心内科医生。",
         {"and": [{"type": "profile_kind", "kind": "hcp"},
-                 {"type": "trait", "trait": "verification", "op": "equals", "value": "verified"},
+                 {"type": "trait", "trait": "hcp_verified", "op": "equals", "value": True},
                  {"type": "trait", "trait": "department", "op": "equals", "value": "心内科"},
                  {"type": "reachable", "channel": "wechat"}]},
     )  # fmt: skip

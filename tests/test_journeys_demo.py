@@ -1,5 +1,5 @@
 """The demo journeys: `cdp journeys seed-demo` publishes valid journeys, and the engine runs them
-on the demo people: one refill reminder per medicine, coupons, doctors' capped CME points."""
+on the demo people: one refill reminder per medicine, coupons, doctors invited to a meeting."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import sqlalchemy as sa
 
 from cdp.consent import granted_profiles, refused_profiles
 from cdp.db import db, utcnow
+from cdp.hcp import processor
 from cdp.ingest.pipeline import ingest
-from cdp.ingest.tasks import process_batch
-from cdp.loyalty.common import DEFAULTS as LOYALTY
-from cdp.models import Identity, Source, User
+from cdp.ingest.tasks import process_batch, process_pending
+from cdp.models import AuditEntry, Identity, Source, User
 from cdp.models.content import ContentItem, ContentVersion
-from cdp.models.loyalty import Coupon, CouponCampaign, PointAccount
+from cdp.models.hcp import Award, Meeting, Participant
+from cdp.models.loyalty import Coupon, CouponCampaign
+from cdp.seed import hcp as hcp_demo
 from cdp.seed import vocab
 from journeys import demo, service
 from journeys.channels import CHANNELS
@@ -61,6 +63,7 @@ def invoke(runner, *args) -> dict:
 def seeded(app, runner, channels) -> dict:
     invoke(runner, "seed-demo", "--patients", "300", "--doctors", "60")
     invoke(runner, "loyalty", "seed-demo")
+    invoke(runner, "hcp", "seed-demo")
     return invoke(runner, "journeys", "seed-demo")
 
 
@@ -142,8 +145,13 @@ def test_seed_demo_publishes_journeys_that_validate(app, seeded):
             (90, False), (10, True)]  # fmt: skip
         hcp = _live("hcp_meeting")
         assert hcp["audience"]["kind"] == "hcp"
-        awards = [s["action"] for s in hcp["steps"] if s["type"] == "award_points"]
-        assert awards and set(awards) <= set(LOYALTY["LOYALTY_HCP_ACTIONS"])
+        # The doctors' meeting of `cdp hcp seed-demo`: the journey invites, the module awards.
+        steps = {s["type"]: s for s in hcp["steps"]}
+        meeting = db.session.get(Meeting, steps["invite_to_meeting"]["meeting_id"])
+        assert meeting.topic == demo.MEETING_TOPIC and meeting.status == "scheduled"
+        assert meeting.starts_at > utcnow() and meeting.quiz
+        assert steps["wait_for_event"]["event"] == "hcp_learning_completed"
+        assert "award_points" not in steps
         # The seeded consents fill the segments the journeys are for.
         for segment_id in (seeded["ids"]["health_segment"], seeded["ids"]["cardio_segment"]):
             assert db.session.get(Segment, segment_id).size > 0
@@ -215,50 +223,78 @@ def test_a_pos_purchase_starts_one_refill_reminder_per_medicine(app, seeded, cha
         assert coupon.code in sms.message["text"] and "回T退订" in sms.message["text"]
 
 
-def test_doctors_are_invited_and_earn_cme_points_within_the_cap(app, seeded, channels):
+def _doctor_event(licence: str, event: str, at: datetime, **props) -> None:
+    ids = [{"type": "hcp_license", "id": licence}]
+    _track(hcp_demo.LIVE_SOURCE_ID, ids, event, at, **props)
+
+
+def test_doctors_are_invited_and_earn_cme_points_within_the_cap(app, seeded, channels, monkeypatch):
     with app.app_context():
         invite_at = datetime.fromisoformat(_live("hcp_meeting")["trigger"]["at"])
         segment = db.session.get(Segment, seeded["ids"]["cardio_segment"])
         fired = fire_due(invite_at + timedelta(minutes=1))
         assert fired[_journey("hcp_meeting").id]["entered"] == segment.size
         run_once(invite_at + timedelta(minutes=1))
+        run_once(invite_at + timedelta(minutes=2))  # an instance's effects go in order
         assert len(channels["wechat"].calls) == segment.size
         invited = sa.select(JourneyInstance.profile_id).where(
             JourneyInstance.journey_id == _journey("hcp_meeting").id
         )
         members = sorted(db.session.scalars(invited))
         assert len(members) == segment.size >= 2
-        meeting = invite_at + timedelta(days=7, hours=9, minutes=30)
+        meeting = db.session.get(Meeting, seeded["ids"]["meeting"])
+        # Everyone is invited, once: by the journey, or earlier by their rep and the manager.
+        rows = db.session.scalars(
+            sa.select(Participant).where(Participant.meeting_id == meeting.id,
+                                         Participant.profile_id.in_(members))
+        ).all()  # fmt: skip
+        assert {r.invitation for r in rows} == {"invited"} and len(rows) == len(members)
+        assert "journey" in {r.invited_via for r in rows}
+        right = {q["id"]: q["answer"] for q in meeting.quiz}
+        # The module stamps a completion when it processes the events: at the meeting, here.
+        monkeypatch.setattr(processor, "utcnow", lambda: meeting.starts_at + timedelta(minutes=66))
         for n, doctor in enumerate(members[:2]):
             if n == 1:  # the second doctor is near this year's cap already
                 app.config["LOYALTY_HCP_ANNUAL_CAP"] = 40
-            openid = db.session.scalar(
+            licence = db.session.scalar(
                 sa.select(Identity.value_index).where(
-                    Identity.profile_id == doctor, Identity.type == "wechat_openid"
+                    Identity.profile_id == doctor, Identity.type == "hcp_license"
                 )
             )
-            ids = [{"type": "wechat_openid", "collection": vocab.WECHAT_OA_APP_ID, "id": openid}]
-            _track("src_demo_wechat", ids, "meeting_attended", meeting,
-                   meeting_id=demo.MEETING_ID, format="online")  # fmt: skip
-            run_once(meeting + timedelta(minutes=5))
-            quiz = meeting + timedelta(days=1)
-            _track("src_demo_wechat", ids, "quiz_completed", quiz, quiz_id=demo.CME_QUIZ)
-            run_once(quiz + timedelta(minutes=5))
+            start = meeting.starts_at
+            _doctor_event(licence, "hcp_meeting_joined", start, meeting_id=meeting.id)
+            _doctor_event(licence, "hcp_meeting_left", start + timedelta(minutes=60),
+                          meeting_id=meeting.id)  # fmt: skip
+            _doctor_event(licence, "hcp_quiz_submitted", start + timedelta(minutes=65),
+                          meeting_id=meeting.id, answers=right)  # fmt: skip
+        process_pending()  # the module's completion events reach the journey
+        run_once(meeting.starts_at + timedelta(minutes=70))
         first, second = (
             db.session.scalar(
-                sa.select(Delivery).where(
-                    Delivery.profile_id == doctor, Delivery.step_id == "cme_points"
-                )
+                sa.select(Award).where(Award.meeting_id == meeting.id, Award.profile_id == doctor)
             )
             for doctor in members[:2]
         )
-        assert first.status == "sent" and first.response["points"] == 50
-        balance = db.session.scalar(
-            sa.select(PointAccount.balance).where(PointAccount.profile_id == members[0])
+        assert (first.status, first.points) == ("awarded", 50)
+        assert first.content_version_id == meeting.content_version_id
+        assert (second.status, second.points) == ("refused", 0)
+        assert second.reason.startswith("annual_cap")
+        refused = db.session.scalar(
+            sa.select(AuditEntry).where(AuditEntry.action == "hcp.points_refused",
+                                        AuditEntry.object_id == str(members[1]))
+        )  # fmt: skip
+        assert refused.details["meeting_id"] == meeting.id
+        # Both completed the learning: the journey saw it, whatever became of the points.
+        db.session.expire_all()
+        states = dict(
+            db.session.execute(
+                sa.select(JourneyInstance.profile_id, JourneyInstance.state).where(
+                    JourneyInstance.journey_id == _journey("hcp_meeting").id
+                )
+            ).all()
         )
-        assert balance == 50
-        assert (second.status, second.reason) == ("skipped", "award_points_refused")
-        assert "annual points cap" in second.detail
+        assert {states[d] for d in members[:2]} == {"completed"}
+        assert {states[d] for d in members[2:]} == {"waiting"}
 
 
 def test_a_new_follower_gets_the_welcome_message(app, seeded, channels):

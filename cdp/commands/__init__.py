@@ -17,5 +17,6 @@ def init_app(app: Flask) -> None:
         privacy.privacy_group,
         content.content_group,
         *(loyalty.partners_group, loyalty.loyalty_group),
+        seed.hcp_group,
     ):
         app.cli.add_command(command)

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.db import db, utcnow
 from cdp.models.content import SubscribeCredit
-from cdp.privacy.people import profile_family
+from cdp.profiles import profile_family
 
 
 def add_credits(profile_id: int, template_ids: list[str], count: int = 1) -> None:

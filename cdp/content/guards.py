@@ -31,7 +31,7 @@ from cdp.exceptions import CdpError
 from cdp.models import Identity, Profile
 from cdp.models.content import ContentItem, ContentVersion
 from cdp.privacy.minors import marketing_blocked_as_minor
-from cdp.privacy.people import profile_family
+from cdp.profiles import profile_family
 
 REASONS = {
     "not_approved": "the version is not approved",

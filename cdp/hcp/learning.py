@@ -21,9 +21,9 @@ from cdp.exceptions import Conflict
 from cdp.hcp import events
 from cdp.hcp.doctors import check_owner, master, refresh
 from cdp.hcp.meetings import get_meeting, participant
-from cdp.loyalty.common import profile_family
 from cdp.models import Event
 from cdp.models.hcp import Meeting, Participant, QuizSubmission
+from cdp.profiles import profile_family
 
 
 def meeting_of(properties: dict | None) -> int | None:

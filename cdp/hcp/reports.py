@@ -24,7 +24,6 @@ from cdp.hcp.learning import watched
 from cdp.hcp.meetings import get_meeting
 from cdp.hcp.settings import dimensions, setting
 from cdp.loyalty import ledger
-from cdp.loyalty.common import profile_family
 from cdp.loyalty.common import setting as loyalty_setting
 from cdp.models import Event, Profile
 from cdp.models.hcp import (
@@ -38,7 +37,7 @@ from cdp.models.hcp import (
     Redemption,
 )
 from cdp.models.loyalty import PointAccount, PointEntry
-from cdp.profiles import live_profile_id
+from cdp.profiles import live_profile_id, profile_family
 
 STAGES = ("invited", "registered", "joined", "attended", "quiz", "points")
 

@@ -13,9 +13,10 @@ import sqlalchemy as sa
 from cdp.actors import Actor
 from cdp.db import utcnow
 from cdp.exceptions import Conflict
-from cdp.loyalty.common import dialect_insert, profile_family, setting
+from cdp.loyalty.common import dialect_insert, setting
 from cdp.models import Profile
 from cdp.models.loyalty import PointAccount, PointEntry, PointLot
+from cdp.profiles import profile_family
 
 
 def locked_accounts(session, profile_ids: list[int]) -> list[PointAccount]:

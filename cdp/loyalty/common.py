@@ -126,18 +126,6 @@ def live_profile(profile_id: int) -> Profile:
     return profile
 
 
-def profile_family(live_id: int) -> list[int]:
-    """``live_id`` and every profile merged into it, directly or not."""
-    family, frontier = [live_id], [live_id]
-    while frontier:
-        frontier = list(
-            db.session.scalars(sa.select(Profile.id).where(Profile.merged_into_id.in_(frontier)))
-        )
-        frontier = [pid for pid in frontier if pid not in family]
-        family += frontier
-    return family
-
-
 def memberships(profile_id: int, partner_ids: Iterable[int] | None = None) -> list[tuple]:
     """(partner id, card no) of every partner card on a live profile."""
     query = (

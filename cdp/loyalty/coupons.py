@@ -23,12 +23,12 @@ from cdp.loyalty.common import (
     emit_events,
     hand_off,
     live_profile,
-    profile_family,
     record_change,
 )
 from cdp.loyalty.partners import PartnerActor
 from cdp.models import Identity
 from cdp.models.loyalty import Coupon, CouponCampaign, Partner, Redemption, Store
+from cdp.profiles import profile_family
 
 
 def coupon_event(coupon: Coupon, campaign: CouponCampaign, name: str, suffix: str, **extra):

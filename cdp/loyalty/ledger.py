@@ -7,8 +7,9 @@ import sqlalchemy as sa
 from cdp import audit
 from cdp.actors import Actor
 from cdp.db import db, transaction, utcnow
-from cdp.loyalty.common import begin_write, emit_events, hand_off, profile_family, record_change
+from cdp.loyalty.common import begin_write, emit_events, hand_off, record_change
 from cdp.models.loyalty import PointAccount, PointEntry, PointLot
+from cdp.profiles import profile_family
 
 
 def _accounts_of(profile_id: int):

@@ -26,7 +26,6 @@ from cdp.loyalty.common import (
     emit_events,
     hand_off,
     live_profile,
-    profile_family,
     record_change,
     setting,
     to_fen,
@@ -35,6 +34,7 @@ from cdp.loyalty.partners import PartnerActor, require_store
 from cdp.loyalty.products import classify
 from cdp.models import Profile
 from cdp.models.loyalty import PointAccount, PointEntry
+from cdp.profiles import profile_family
 
 EVENT_NAMES = {
     "earn": "points_earned",

@@ -34,9 +34,8 @@ from cdp.models import Event, Identity, OutboxBatch, Profile, Violation
 from cdp.models.privacy import PrivacyRequest
 from cdp.pii import vault
 from cdp.privacy.export import message_keys, violations_of
-from cdp.privacy.people import profile_family
 from cdp.privacy.tombstones import add_tombstones
-from cdp.profiles import decrypt_profile_pii, get_live_profile
+from cdp.profiles import decrypt_profile_pii, get_live_profile, profile_family
 from cdp.queue import enqueue, task
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,7 @@ from cdp.models import (
 from cdp.models.content import SubscribeCredit
 from cdp.models.privacy import PrivacyRequest
 from cdp.pii import vault
-from cdp.privacy.people import profile_family
-from cdp.profiles import decrypt_profile_pii, get_live_profile
+from cdp.profiles import decrypt_profile_pii, get_live_profile, profile_family
 
 EXPORT_SECTIONS: dict[str, Callable[[list[int]], list[dict]]] = {}
 _CHUNK = 500

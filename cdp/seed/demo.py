@@ -1,11 +1,11 @@
 """The demo data generator: seeded patients, doctors and a year of omnichannel events, in bulk.
 
-Rows are built as plain dicts and written with Core ``executemany`` in batches, with
-profile ids assigned here, so 100k patients and a million events take minutes, not
-hours. Everything drawn comes from one ``random.Random(seed)``; times are offsets
-from ``now``, so the same seed and ``now`` give the same people and events. Consents
-(records and current state) come from a second generator seeded alike, so adding them
-left the people and events of a seed as they were.
+Rows are built as plain dicts and written with Core ``executemany`` in batches
+(``cdp.seed.bulk``), with profile ids assigned here, so 100k patients and a million events
+take minutes, not hours. Everything drawn comes from one ``random.Random(seed)``; times are
+offsets from ``now``, so the same seed and ``now`` give the same people and events. Patients'
+purchases are drawn in ``cdp.seed.purchases``; consents (``cdp.seed.consents``) come from a
+second generator seeded alike, so adding them left the people and events of a seed as they were.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 
 import sqlalchemy as sa
@@ -25,10 +25,12 @@ from cdp.actors import Actor
 from cdp.auth.permissions import require
 from cdp.db import db, transaction, utcnow
 from cdp.exceptions import ValidationFailed
-from cdp.models import ConsentRecord, ConsentState, Event, Identity, Profile, Source
+from cdp.models import Profile, Source
 from cdp.pii import PiiVault, vault
 from cdp.profiles import encrypt_profile_pii, name_index
-from cdp.seed import vocab
+from cdp.seed import bulk, vocab
+from cdp.seed.consents import ConsentDraws
+from cdp.seed.purchases import Shopping
 from cdp.sources import SOURCE_KINDS, create_source
 
 # Associated data bound into every encrypted profile PII blob and phone identity value.
@@ -36,9 +38,7 @@ PHONE_AAD = b"phone"
 
 CHANNELS = ("wechat", "miniprogram", "pos", "ecommerce")
 CHUNK = 2000  # profiles generated, inserted and committed together
-INSERT_ROWS = 10_000  # rows per executemany
-WINDOW_DAYS = 365
-CST = timezone(timedelta(hours=8), "Asia/Shanghai")  # China has one zone and no DST
+WINDOW_DAYS, CST = vocab.WINDOW_DAYS, vocab.CST
 # Seconds between an event and its arrival: POS systems sync in batches, WeChat pushes at once.
 ARRIVAL_DELAY = {"wechat": 3, "miniprogram": 5, "pos": 6 * 3600, "ecommerce": 600}
 URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -48,8 +48,6 @@ PROFILE_COLUMNS = ("id", "kind", "traits", "pii_encrypted", "merged_into_id", "c
 PROFILE_COLUMNS += ("updated_at", "first_seen_at", "last_seen_at", "name_index")
 IDENTITY_COLUMNS = ("profile_id", "type", "namespace", "value_index", "value_encrypted")
 IDENTITY_COLUMNS += ("source_id", "created_at")
-CONSENT_COLUMNS = ("profile_id", "purpose", "channel", "status", "recorded_at", "source_id")
-CONSENT_COLUMNS += ("evidence", "actor")
 
 Progress = Callable[[int, int, str], None]
 
@@ -95,7 +93,7 @@ class _Person:
         self.identities: list[tuple] = []  # (type, namespace, value_index, encrypted, channel)
 
 
-class _Generator:
+class _Generator(ConsentDraws, Shopping):
     """Draws people and their events from one RNG into row buffers for bulk insert."""
 
     def __init__(
@@ -255,59 +253,6 @@ class _Generator:
                 props = {"coupon_id": coupon_id, "title": title, "value_cny": value}
                 self.track(person, "miniprogram", "coupon_claimed", ts, props)
 
-    def _refills(self, person: _Person, drug: vocab.Drug, start: float) -> None:
-        """Buy ``drug`` whenever the last pack runs out, give or take, until the patient lapses."""
-        rng = self.rng
-        qty = max(1, round(30 / drug.days_of_supply))
-        supply = qty * drug.days_of_supply
-        style = rng.choices(("adherent", "irregular", "lapsed"), weights=(55, 25, 20))[0]
-        stop = float(WINDOW_DAYS)
-        if style == "lapsed":  # at least a month overdue by now: the refill-lapse signal
-            stop = rng.uniform(start, max(start, WINDOW_DAYS - supply - 30))
-        reminders = "miniprogram" in person.channels and rng.random() < 0.6
-        day = start + rng.uniform(0, supply) if start == 0 else start
-        while day <= stop:
-            lines = [(drug, qty)]
-            if rng.random() < 0.2:
-                lines.append((rng.choice(vocab.OTC), 1))
-            self._purchase(person, self.at(day), lines)
-            gap = supply + rng.gauss(0, 2.0 if style == "adherent" else 5.0)
-            if style == "irregular" and rng.random() < 0.3:
-                gap += rng.expovariate(1 / 12)
-            gap = max(gap, supply * 0.7)
-            due = day + gap - rng.uniform(1, 3)
-            if reminders and due <= WINDOW_DAYS and rng.random() < 0.7:
-                props = {"drug_code": drug.code, "name": drug.name}
-                self.track(person, "miniprogram", "refill_reminder_open", self.at(due), props)
-            day += gap
-
-    def _otc(self, person: _Person, start: float, end: float) -> None:
-        rng = self.rng
-        if person.store is None and person.platform is None:
-            return
-        # At least one purchase for someone only ever seen at the till or in the shop.
-        for _ in range(int(rng.expovariate(0.8)) or (0 if person.events else 1)):
-            ts = self.at(rng.uniform(start, end))
-            winter = ts.astimezone(CST).month in (12, 1, 2)
-            drug = rng.choices(vocab.OTC, cum_weights=self.otc_cum[int(winter)])[0]
-            self._purchase(person, ts, [(drug, rng.choice((1, 1, 2)))])
-        if rng.random() < 0.08:  # an occasional prescription for an acute condition
-            drug = rng.choice(vocab.ACUTE_RX)
-            self._purchase(person, self.at(rng.uniform(start, end)), [(drug, 1)])
-
-    def _purchase(self, person: _Person, ts: datetime, lines) -> None:
-        rng = self.rng
-        items = [drug.item(qty) for drug, qty in lines]
-        total = {"items": items, "total_cny": round(sum(d.price_cny * q for d, q in lines), 2)}
-        if person.store is not None and (person.platform is None or rng.random() < 0.7):
-            store = person.store
-            props = {"store_code": store.code, "store_name": store.name, "chain": store.chain}
-            self.track(person, "pos", "pos_purchase", ts, {**props, **total})
-        else:
-            order_id = f"{rng.randrange(10**11, 10**12)}{rng.randrange(10**6):06d}"
-            props = {"platform": person.platform, "order_id": order_id}
-            self.track(person, "ecommerce", "order_completed", ts, {**props, **total})
-
     def doctor(self, profile_id: int) -> None:
         rng = self.rng
         city = rng.choices(vocab.CITIES, cum_weights=self.city_cum)[0]
@@ -361,87 +306,13 @@ class _Generator:
         self.events += person.events
         self._consents(person, kind, first, first_on, has_phone="phone" in pii)
 
-    def _consents(self, person: _Person, kind: str, first, first_on, has_phone: bool) -> None:
-        """Consents given on joining a channel (some taken back later), a few refusals."""
-        rng, reached = self.consent_rng, {*person.channels, *(("phone",) if has_phone else ())}
-        asked = vocab.PATIENT_CONSENTS if kind == "patient" else vocab.HCP_CONSENTS
-        for purpose, channel, share, needs in asked:
-            if (needs is None or needs in reached) and rng.random() < share:
-                at = first_on.get(needs, first) if needs else first
-                self._consent(person, purpose, channel, "granted", at)
-                if rng.random() < vocab.CONSENT_WITHDRAWN_LATER:
-                    self._consent(person, purpose, channel, "withdrawn", self._after(at))
-        if rng.random() < vocab.AUTOMATED_MARKETING_REFUSED:
-            self._consent(person, "automated_marketing", "*", "withdrawn", self._after(first))
-
-    def _after(self, at: datetime) -> datetime:
-        return at + (self.now - at) * self.consent_rng.random()
-
-    def _consent(self, person: _Person, purpose: str, channel: str, status: str, at) -> None:
-        source_id = self.source_ids.get(channel) or self.source_ids[person.channels[0]]
-        evidence = {"via": "demo_seed", "policy_version": vocab.PRIVACY_POLICY_VERSION}
-        values = (person.id, purpose, channel, status, at, source_id, evidence, "system")
-        self.consents.append(dict(zip(CONSENT_COLUMNS, values, strict=True)))
-
-
-def _insert_consents(session, rows: list[dict]) -> None:
-    """The records, then each key's latest as the current state (it needs the record id)."""
-    records = ConsentRecord.__table__
-    latest = {}
-    for i in range(0, len(rows), INSERT_ROWS):
-        chunk = rows[i : i + INSERT_ROWS]
-        insert = sa.insert(records).returning(records.c.id, sort_by_parameter_order=True)
-        for row, record_id in zip(chunk, session.scalars(insert, chunk).all(), strict=True):
-            key = (row["profile_id"], row["purpose"], row["channel"])
-            latest[key] = (row["status"], row["recorded_at"], record_id)
-    names = ("profile_id", "purpose", "channel", "status", "updated_at", "record_id")
-    states = [dict(zip(names, (*key, *state), strict=True)) for key, state in latest.items()]
-    for i in range(0, len(states), INSERT_ROWS):
-        session.execute(sa.insert(ConsentState.__table__), states[i : i + INSERT_ROWS])
-
-
-def _taken_identities() -> set:
-    # Only the low-entropy identifiers can collide with earlier data by chance.
-    query = sa.select(Identity.type, Identity.namespace, Identity.value_index).where(
-        Identity.type.in_(("phone", "pharmacy_member", "hcp_license"))
-    )
-    return {tuple(row) for row in db.session.execute(query)}
-
-
-def _flush(gen: _Generator, counts: dict[str, int], seconds: dict[str, float]) -> None:
-    """Insert the buffered rows (parents first) and commit them as one batch."""
-    session = db.session
-    for key, table in (("profiles", Profile), ("identities", Identity), ("events", Event)):
-        started, rows = time.perf_counter(), getattr(gen, key)
-        for i in range(0, len(rows), INSERT_ROWS):
-            session.execute(sa.insert(table.__table__), rows[i : i + INSERT_ROWS])
-        counts[key] += len(rows)
-        rows.clear()
-        seconds[key] += time.perf_counter() - started
-    started = time.perf_counter()
-    _insert_consents(session, gen.consents)
-    counts["consents"] += len(gen.consents)
-    gen.consents.clear()
-    seconds["consents"] += time.perf_counter() - started
-    started = time.perf_counter()
-    session.commit()
-    seconds["commit"] += time.perf_counter() - started
-
-
-def _sync_profile_sequence() -> None:
-    # Ids were assigned here, so PostgreSQL's sequence must be moved past them.
-    if db.session.get_bind().dialect.name == "postgresql":
-        sql = "SELECT setval(pg_get_serial_sequence('profiles', 'id'), max(id)) FROM profiles"
-        db.session.execute(sa.text(sql))
-        db.session.commit()
-
 
 def _generate(actor, job_id, patients, doctors, seed, now, progress) -> dict:
     source_ids, write_key = ensure_demo_sources(actor)
     first_id = (db.session.scalar(sa.select(sa.func.max(Profile.id))) or 0) + 1
     # On a database that already has people, shift the stream so a rerun adds new ones.
     rng = random.Random(seed if first_id == 1 else f"{seed}/{first_id}")
-    taken = _taken_identities() if first_id > 1 else set()
+    taken = bulk.taken_identities() if first_id > 1 else set()
     consent_rng = random.Random(f"{seed}/consents/{first_id}")
     gen = _Generator(rng, vault(), now, source_ids, taken, consent_rng)
     counts = {"profiles": 0, "identities": 0, "events": 0, "consents": 0}
@@ -454,13 +325,13 @@ def _generate(actor, job_id, patients, doctors, seed, now, progress) -> dict:
                 make(next_id)
                 next_id += 1
             seconds["generate"] += time.perf_counter() - started
-            _flush(gen, counts, seconds)
+            bulk.write_batch(gen, counts, seconds)
             done = next_id - first_id
             message = f"{label}: {done}/{total} profiles, {counts['events']} events"
             jobs.report_progress(job_id, done, message)
             if progress is not None:
                 progress(done, total, message)
-    _sync_profile_sequence()
+    bulk.sync_profile_sequence()
     with transaction():
         audit.record(actor, "demo.seed", "job", job_id, seed=seed, **counts)
     result = {"patients": patients, "doctors": doctors, "events": counts["events"]}
@@ -502,19 +373,6 @@ def seed_demo(
         db.session.rollback()
         jobs.mark_finished(job.id, f"failed: {exc.__class__.__name__}: {exc}"[:500], failed=True)
         raise
-    _stamp_last_events(result["sources"])
+    bulk.stamp_last_events(result["sources"])
     jobs.mark_finished(job.id, f"{patients} patients, {doctors} doctors, {result['events']} events")
     return result
-
-
-def _stamp_last_events(source_ids) -> None:
-    """The sources' "last event" (shown in the sources list) from what was just inserted."""
-    latest = (
-        sa.select(sa.func.max(Event.received_at))
-        .where(Event.source_id == Source.id)
-        .scalar_subquery()
-    )
-    db.session.execute(
-        sa.update(Source).where(Source.id.in_(list(source_ids))).values(last_event_at=latest)
-    )
-    db.session.commit()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from itertools import accumulate
 from random import Random
 from typing import NamedTuple
+
+WINDOW_DAYS = 365  # the demo history: a year up to now
+CST = timezone(timedelta(hours=8), "Asia/Shanghai")  # China has one zone and no DST
 
 # The 100 commonest surnames with their approximate share (per cent) in the 2020 census.
 SURNAMES: tuple[tuple[str, float], ...] = (
@@ -268,6 +272,10 @@ DEMO_USERS = (
     ("marketer@carepath.demo", "marketer", "演示市场专员"),
     ("reviewer@carepath.demo", "reviewer", "演示医学审核"),
     ("analyst@carepath.demo", "analyst", "演示数据分析师"),
+    # The field force of the doctors' area (cdp.seed.hcp): two reps and their manager.
+    ("rep.north@carepath.demo", "rep", "演示医药代表（华北华东）"),
+    ("rep.south@carepath.demo", "rep", "演示医药代表（华南西部）"),
+    ("manager@carepath.demo", "manager", "演示地区经理"),
 )
 
 ARTICLES: tuple[tuple[str, str], ...] = (
@@ -321,22 +329,6 @@ COUPONS: tuple[tuple[str, str, int], ...] = (
     ("cpn_new_20", "新会员 20 元券", 20),
     ("cpn_otc_5", "常备药 5 元券", 5),
 )
-
-# Consents the demo people gave: (purpose, channel, share, asked of whom). A channel's
-# marketing consent is asked only of people the brand reaches there ("phone": those whose
-# number it has), so of all patients about 50% grant WeChat, 40% mini-program, 35% SMS.
-PATIENT_CONSENTS: tuple[tuple[str, str, float, str | None], ...] = (
-    ("health_data", "*", 0.6, None),  # PIPL: medicine purchases used for segments, refills
-    ("marketing", "wechat", 0.7, "wechat"),
-    ("marketing", "miniprogram", 0.8, "miniprogram"),
-    ("marketing", "sms", 0.42, "phone"),
-)
-HCP_CONSENTS: tuple[tuple[str, str, float, str | None], ...] = (
-    ("marketing", "wechat", 0.85, "wechat"),
-)
-CONSENT_WITHDRAWN_LATER = 0.05  # a grant taken back later (unfollow, 回T退订, settings page)
-AUTOMATED_MARKETING_REFUSED = 0.03  # PIPL Art. 24: "do not target me with automated marketing"
-PRIVACY_POLICY_VERSION = "2024-07"
 
 # Templates and pages the demo journeys send besides TEMPLATES (never drawn by the generator).
 JOURNEY_TEMPLATES = {
