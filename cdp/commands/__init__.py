@@ -2,7 +2,7 @@
 
 from flask import Flask
 
-from cdp.commands import accounts, audit, content, loyalty, privacy, runtime, seed, sources
+from cdp.commands import accounts, audit, content, hcp, loyalty, privacy, runtime, seed, sources
 
 
 def init_app(app: Flask) -> None:
@@ -17,6 +17,6 @@ def init_app(app: Flask) -> None:
         privacy.privacy_group,
         content.content_group,
         *(loyalty.partners_group, loyalty.loyalty_group),
-        seed.hcp_group,
+        hcp.hcp_group,
     ):
         app.cli.add_command(command)

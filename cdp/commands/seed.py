@@ -1,4 +1,4 @@
-"""``cdp seed-demo`` (demo sources, users, patients, doctors, events) and ``cdp hcp seed-demo``."""
+"""``cdp seed-demo``: fill the database with demo sources, users, patients, doctors and events."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from cdp.auth import accounts
 from cdp.auth.passwords import verify_password
 from cdp.commands.output import domain_errors, emit
 from cdp.seed import demo, vocab
-from cdp.seed.hcp import seed_hcp, seeded
 
 ADMIN_EMAIL = vocab.DEMO_USERS[0][0]
 CREDENTIALS_FILE = "demo-admin.txt"
@@ -119,32 +118,3 @@ def seed_demo(patients, doctors, seed, if_empty, as_json):
         lines.append(f"Write key of the HTTP source (shown once): {result['write_key']}")
     lines.append(_login_line(admin["password"]))
     emit(as_json, payload, lines)
-
-
-@click.group("hcp")
-def hcp_group():
-    """Doctors (HCP): meetings, quizzes, knowledge, academic points."""
-
-
-@hcp_group.command("seed-demo")
-@click.option("--seed", default=11, show_default=True, type=int, help="Same seed, same data.")
-@click.option("--if-empty", is_flag=True, help="Do nothing when the demo meetings exist.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@with_appcontext
-@domain_errors
-def hcp_seed_demo(seed, if_empty, as_json):
-    """Demo reps and manager, doctors' master data, meetings, quizzes, attendance and points."""
-    if current_app.config.get("PRODUCTION"):
-        raise click.UsageError("seed-demo adds fake people and known logins; not in production")
-    if if_empty and seeded():
-        emit(as_json, {"skipped": True}, ["The demo meetings exist already; nothing to do."])
-        return
-    ensure_demo_users(SYSTEM)  # the reps and manager, on a database seeded before they existed
-    result = seed_hcp(SYSTEM, seed=seed)
-    lines = [
-        f"Doctors: {result['doctors']} ({result['verified']} verified); {result['meetings']} "
-        f"meetings, {result['events']} events from the live-stream platform.",
-        f"Academic points: {result['awarded']} awarded, {result['refused']} refused; "
-        f"{result['redeemed']} redeemed.",
-    ]
-    emit(as_json, {**result, "skipped": False}, lines)
