@@ -1,6 +1,6 @@
-"""Registers the channel connectors (WeChat, mini-program, POS, e-commerce, SMS reports) with the
-app: their source kinds, HTTP endpoints, periodic pull jobs, ``cdp connectors`` commands, and
-the WeChat send adapters."""
+"""Registers the channel connectors (WeChat, mini-program, POS, e-commerce, SMS reports,
+live-stream) with the app: their source kinds, HTTP endpoints, periodic pull jobs,
+``cdp connectors`` commands, and the WeChat send adapters."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from connectors import (
     demo_wire,
     ecommerce,
     ecommerce_pull,
+    livestream,
     miniprogram,
     pos,
     sms_reports,
@@ -29,9 +30,17 @@ def init_app(app: Flask) -> None:
         pos.PosSourceKind(),
         ecommerce.EcommerceSourceKind(),
         sms_reports.SmsSourceKind(),
+        livestream.LivestreamSourceKind(),
     ):
         register_kind(kind)
-    for blueprint in (wechat.bp, miniprogram.bp, pos.bp, ecommerce.bp, sms_reports.bp):
+    for blueprint in (
+        wechat.bp,
+        miniprogram.bp,
+        pos.bp,
+        ecommerce.bp,
+        sms_reports.bp,
+        livestream.bp,
+    ):
         app.register_blueprint(blueprint)
     register_periodic(wechat_pull.PERIODIC)
     register_periodic(ecommerce_pull.PERIODIC)

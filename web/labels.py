@@ -25,6 +25,7 @@ CHANNEL_LABELS = {
     "http": _l("HTTP tracking API"),
     "sms": _l("SMS gateway"),
     "pharmacy": _l("Partner pharmacy member sync"),
+    "livestream": _l("Live-stream platform"),
     "internal": _l("CarePath (internal)"),
     "webhook": _l("Webhook"),
 }

@@ -11,6 +11,7 @@ minutes, scores, knowledge and academic points (within the annual cap) as it doe
 
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from datetime import datetime, time, timedelta
 from random import Random
@@ -61,18 +62,21 @@ def _team() -> dict[str, list[Actor]]:
 
 
 def _live_source(actor: Actor) -> Source:
-    """The live-stream platform's source (its webhook relayed as events of doctors)."""
+    """The live-stream platform's source (a ``livestream`` webhook source; its signing secret
+    is random: the demo ingests the platform's events directly)."""
     source = db.session.get(Source, LIVE_SOURCE_ID)
     if source is None:
         with transaction() as session:
-            # A row like the other demo sources: the relay's kind needs no connector here.
-            blob = vault().encrypt_json({"channel": "livestream"}, LIVE_SOURCE_ID.encode())
-            source = Source(id=LIVE_SOURCE_ID, name=LIVE_SOURCE_NAME, kind="http",
+            options = {"secret": secrets.token_urlsafe(24), "platform": "demo"}
+            blob = vault().encrypt_json(options, LIVE_SOURCE_ID.encode())
+            source = Source(id=LIVE_SOURCE_ID, name=LIVE_SOURCE_NAME, kind="livestream",
                             options_encrypted=blob, default_profile_kind="hcp",
                             created_by_id=actor.user_id)  # fmt: skip
             session.add(source)
             session.flush()
-            audit.record(actor, "source.create", "source", LIVE_SOURCE_ID, kind="http", demo=True)
+            audit.record(
+                actor, "source.create", "source", LIVE_SOURCE_ID, kind="livestream", demo=True
+            )
     return source
 
 
