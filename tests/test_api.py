@@ -148,3 +148,12 @@ def test_openapi_document_is_served_and_declares_bearer_auth(client):
     spec = response.json
     assert "/api/v1/sources" in spec["paths"]
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def test_ids_too_large_for_any_column_are_a_404_not_a_500(app, client, admin):
+    """Route ids beyond a 32-bit integer column never reach SQL (it would overflow: a 500)."""
+    headers = bearer(issue_token(app, admin))
+    for path in ("/api/v1/segments/99999999999999999999999", "/api/v1/journeys/2147483648",
+                 "/api/v1/content/items/99999999999999999999", "/api/v1/segments/2147483647"):  # fmt: skip
+        response = client.get(path, headers=headers)
+        assert response.status_code == 404 and response.is_json, path

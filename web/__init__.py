@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 
 from flask import Flask, g, request
+from werkzeug.routing import IntegerConverter
 
 from web import errors, i18n, labels, session_auth
 from web.api import register_api
@@ -37,6 +38,15 @@ def _security_headers(response):
 HERE = Path(__file__).parent
 
 
+class DatabaseId(IntegerConverter):
+    """``<int:…>`` in every route: an id no integer column can hold is a 404, not a database
+    overflow error (a 500) when it reaches SQL."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def _serve_assets_from_here(app: Flask) -> None:
     # The app is named after the `cdp` package; templates and vendored assets live in `web/`.
     app.template_folder = str(HERE / "templates")
@@ -51,6 +61,7 @@ def _serve_assets_from_here(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     """Wire extensions, blueprints and handlers onto the app."""
+    app.url_map.converters["int"] = DatabaseId  # before any route is added
     _serve_assets_from_here(app)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
