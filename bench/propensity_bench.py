@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/propensity_bench.py [--profiles 200000] [--events 5000000]
         [--score-profiles 1000000] [--algorithm hgb] [--sqlite PATH] [--reuse]
+    CDP_INSTANCE_PATH=DIR .venv/bin/python bench/propensity_bench.py --phase score --sqlite PATH
+        (scoring only, on data and a model already there; DIR holds the model artifact)
 
 1. Generates ``--profiles`` patients with ``--events`` events over 400 days (reads, page
    views, clicks, coupon claims, pharmacy and online purchases with days of supply, refill

@@ -46,6 +46,7 @@ from segments.propensity.purchases import (
     PURCHASES,
     WINDOWS,
     channel_code,
+    purchase_columns,
     purchase_features,
 )
 from segments.sqljson import SqlJson, no_index
@@ -64,6 +65,7 @@ GROUPS = {
 REMINDERS = ("refill_reminder_open",)
 PURCHASE, REMINDER, OTHER_HEALTH = 8, 9, 10  # event codes from 8 up are health data
 CODES = 11  # 0 (other), the groups 1-7, then the health codes
+INTERNAL_PURCHASE = 15  # a purchase from an internal source: read for purchases only
 CHANNEL_NAMES = {1: "wechat", 2: "miniprogram", 3: "pos", 4: "ecommerce", 0: "other"}
 SCAN_SHARE = 0.3  # share of all events in the window above which SQLite scans the table
 REACH_IDS = {"wechat_openid": 0, "miniprogram_openid": 1, "phone": 2}
@@ -169,9 +171,9 @@ def compute_features(
     consented = np.isin(ids, fetch(granted_profiles("health_data"), 1)[:, 0].astype(np.int64))
     cols: dict[str, np.ndarray] = {}
     step(f"{len(ids):,} eligible profiles; reading events")
-    events = _event_features(index, cutoff, consented, cols)
-    step(f"{events:,} events read; purchases")
-    cols.update(purchase_features(index, cutoff, consented))
+    events, purchases = _event_features(index, cutoff, consented, cols)
+    step(f"{events:,} events read")
+    cols.update(purchase_features(index, cutoff, consented, purchases))
     _reach_features(index, cutoff, cols)
     cols["health_consent"] = consented.astype(np.float64)
     cols["tenure_days"] = np.maximum(
@@ -185,32 +187,50 @@ def compute_features(
         frame[name] = values
     frame.index = pd.Index(ids, name="profile_id")
     numeric = numeric_columns(target is not None)
+    step(f"{frame.shape[1]} features of {len(ids):,} profiles")
     return FeatureSet(cutoff, ids, frame, numeric, list(CATEGORICAL[kind]), consented, events)
 
 
-def _event_features(index: RowIndex, cutoff: datetime, consented, cols) -> int:
+def _event_features(index: RowIndex, cutoff: datetime, consented, cols) -> tuple[int, tuple]:
+    """Event counts, channels and recency into ``cols``; returns the number of events read
+    and the purchases (rows, channel, stamp, total, lines) for ``purchase_features``."""
     e, name = EVENTS, EVENTS.c.name
     sources = db.session.execute(sa.select(Source.id, Source.kind)).all()
     internal = [sid for sid, kind in sources if kind in labels.INTERNAL_KINDS]
     since = cutoff - timedelta(days=LOOKBACK)
     ts = _scan(e.c.timestamp, since)
-    # Two numbers per event (profile, code and channel packed in one): the transfer of
-    # values from the driver costs more than the scan itself.
-    packed = e.c.profile_id * 128 + _event_code(name) * 8 + channel_code(sources)
-    query = sa.select(packed, epoch_seconds(e.c.timestamp, dialect())).where(
-        e.c.profile_id.is_not(None), ts >= since, ts < cutoff
-    )
+    code = _event_code(name)
+    is_purchase = name.in_(PURCHASES)
+    # Derived events of internal sources are never activity; purchases count whatever
+    # their source, so those rows are read too, with their own code.
     if internal:
-        query = query.where(e.c.source_id.not_in(internal))
-    data = fetch(query, 2)
+        code = sa.case((e.c.source_id.in_(internal), INTERNAL_PURCHASE), else_=code)
+    # Few numbers per event (profile, code and channel packed in one): the transfer of
+    # values from the driver costs more than the scan itself. Purchase details come in the
+    # same pass (0 for other events).
+    packed = e.c.profile_id * 128 + code * 8 + channel_code(sources)
+    total, lines = purchase_columns()
+    query = sa.select(
+        packed,
+        epoch_seconds(e.c.timestamp, dialect()),
+        sa.case((is_purchase, total), else_=0),
+        sa.case((is_purchase, lines), else_=0),
+    ).where(e.c.profile_id.is_not(None), ts >= since, ts < cutoff)
+    if internal:
+        query = query.where(sa.or_(e.c.source_id.not_in(internal), is_purchase))
+    data = fetch(query, 4)
     packed_values = data[:, 0].astype(np.int64)
     rows, found = index.rows(packed_values >> 7)
     code, channel = (packed_values[found] >> 3) & 15, packed_values[found] & 7
-    stamp = data[found, 1]
-    del data, packed_values
+    data = data[found]
+    del packed_values
+    bought = (code == PURCHASE) | (code == INTERNAL_PURCHASE)
+    purchases = (rows[bought], channel[bought], data[bought, 1], data[bought, 2], data[bought, 3])
+    stamp = data[:, 1]
+    del data
     # Health events of profiles without health-data consent are dropped before anything is
     # derived from them (PIPL), as segments do: they count for nothing.
-    keep = (code < PURCHASE) | consented[rows]
+    keep = ((code < PURCHASE) | consented[rows]) & (code != INTERNAL_PURCHASE)
     rows, code, channel, stamp = rows[keep], code[keep], channel[keep], stamp[keep]
     age = (cutoff.timestamp() - stamp) / DAY
     bucket = (age >= WINDOWS[0]).astype(np.int64) + (age >= WINDOWS[1])  # 0: < 30 d, 1, 2
@@ -235,14 +255,21 @@ def _event_features(index: RowIndex, cutoff: datetime, consented, cols) -> int:
     engaged = general & (code > 0)
     cols["days_since_last_engagement"] = index.minimum(rows[engaged], age[engaged], NEVER)
     recent = general & (bucket < 2)
-    days = np.floor((stamp[recent] + LOCAL_OFFSET) / DAY).astype(np.int64)
-    active = np.zeros(index.n)
-    if len(days):
-        pairs = np.unique(rows[recent] * 1000 + (days - days.min()))
-        active = index.count(pairs // 1000)
-    cols["active_days_90"] = active
+    cols["active_days_90"] = _active_days(index, rows[recent], stamp[recent])
     cols["quiz_score_mean"] = _quiz_scores(index, cutoff)
-    return int(len(rows))
+    return int(len(rows)), purchases
+
+
+def _active_days(index: RowIndex, rows: np.ndarray, stamp: np.ndarray) -> np.ndarray:
+    """Distinct local days with an event, per row: a profile x day bitmap (about 90 bytes
+    per profile) is several times faster than np.unique over the pairs."""
+    if not len(rows):
+        return np.zeros(index.n)
+    days = np.floor((stamp + LOCAL_OFFSET) / DAY).astype(np.int64)
+    first = days.min()
+    seen = np.zeros((index.n, int(days.max() - first) + 1), bool)
+    seen[rows, days - first] = True
+    return seen.sum(axis=1).astype(np.float64)
 
 
 def _quiz_scores(index: RowIndex, cutoff: datetime) -> np.ndarray:

@@ -8,15 +8,13 @@ how far past the latest run-out the cutoff is. Everyone without consent gets NaN
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import sqlalchemy as sa
 
-from cdp.consent import granted_profiles
-from cdp.db import db
-from cdp.models import Event, Source
-from segments.propensity.common import DAY, RowIndex, dialect, epoch_seconds, fetch
+from cdp.models import Event
+from segments.propensity.common import DAY, RowIndex, dialect
 from segments.sqljson import SqlJson
 
 EVENTS = Event.__table__
@@ -44,32 +42,35 @@ def _clip(value, low, high):
     return sa.func.max(sa.func.min(value, high), low)
 
 
-def purchase_features(index: RowIndex, cutoff: datetime, consented) -> dict:
-    """Medicine purchases of consented profiles: RFM, intervals and refill adherence."""
+def purchase_columns():
+    """(total, lines) of a purchase event, read from its JSON by the database in the same
+    pass as every other event (a second query over purchases costs an index walk, a row
+    lookup per purchase and the consent filter: more than the parsing itself).
+
+    ``lines`` packs the longest supply and whether any line is Rx in one number
+    (rx * RX + supply, supply capped), so each purchase's ``items`` array is read once.
+    """
     e, sql = EVENTS, SqlJson(dialect())
-    # One pass over the lines: the longest supply and whether any line is Rx, packed in one
-    # number (rx * RX + supply, supply capped) to read each purchase's JSON array once.
     table, item = sql.elements(e.c.properties, ("items",), "purchase_item")
     supply = _clip(sa.func.max(item.json_num(("days_of_supply",))), 0, SUPPLY_CAP)
     is_rx = sa.case((item.json_type(("rx",)).is_("true"), 1), else_=0)
     lines = sa.select(sa.func.max(is_rx) * RX + sa.func.coalesce(supply, 0)).select_from(table)
-    sources = db.session.execute(sa.select(Source.id, Source.kind)).all()
-    query = sa.select(
-        e.c.profile_id * 8 + channel_code(sources),
-        epoch_seconds(e.c.timestamp, dialect()),
-        sa.func.coalesce(sql.json_num(e.c.properties, ("total_cny",)), 0),
-        sa.func.coalesce(lines.scalar_subquery(), 0),
-    ).where(
-        e.c.name.in_(PURCHASES),
-        e.c.timestamp >= cutoff - timedelta(days=LOOKBACK),
-        e.c.timestamp < cutoff,
-        e.c.profile_id.in_(granted_profiles("health_data")),
-    )
-    data = fetch(query, 4)
-    packed = data[:, 0].astype(np.int64)
-    rows, found = index.rows(packed >> 3)
-    channel, stamp, total = packed[found] & 7, data[found, 1], data[found, 2]
-    is_rx, days_supply = np.divmod(data[found, 3], RX)
+    total = sa.func.coalesce(sql.json_num(e.c.properties, ("total_cny",)), 0)
+    return total, sa.func.coalesce(lines.scalar_subquery(), 0)
+
+
+def purchase_features(index: RowIndex, cutoff: datetime, consented, purchases) -> dict:
+    """Medicine purchases of consented profiles: RFM, intervals and refill adherence.
+
+    ``purchases``: (rows, channel, stamp, total, lines) of the purchase events in the
+    look-back window (events strictly before the cutoff), any profile of the population.
+    """
+    rows, channel, stamp, total, lines = purchases
+    # Only profiles with a current health-data consent: the others' purchases are dropped
+    # before anything is derived from them (PIPL).
+    mine = consented[rows]
+    rows, channel, stamp, total = rows[mine], channel[mine], stamp[mine], total[mine]
+    is_rx, days_supply = np.divmod(lines[mine], RX)
     age = (cutoff.timestamp() - stamp) / DAY
     out = {}
     for w in WINDOWS:
