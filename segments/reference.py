@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from cdp.db import db
 from cdp.models import ConsentState, Event, Identity, Profile
 from cdp.models.hcp import KnowledgeScore
+from cdp.models.loyalty import Coupon, PointAccount
 from segments.compiler import analyze, evaluate
 from segments.conditions import Context, Facts
 from segments.conditions.journey import INSTANCES
@@ -94,6 +95,18 @@ def _load_derived(session, people: dict, only) -> None:
     ):
         if pid in people:
             people[pid].journeys.append((journey_id, state, bool(converted)))
+    coupons = sa.select(
+        Coupon.profile_id, Coupon.campaign_id, Coupon.status, Coupon.valid_from, Coupon.expires_at
+    )
+    for pid, *coupon in session.execute(only(coupons, Coupon.profile_id)):
+        if pid in people:
+            people[pid].coupons.append(tuple(coupon))
+    accounts = sa.select(PointAccount.profile_id, PointAccount.balance).where(
+        PointAccount.merged_into_id.is_(None)
+    )
+    for pid, balance in session.execute(only(accounts, PointAccount.profile_id)):
+        if pid in people:
+            people[pid].points += balance
 
 
 def reference_members(definition: dict, ctx: Context, facts: list[Facts] | None = None) -> set[int]:

@@ -84,7 +84,7 @@ def test_invalid_definitions_name_the_path_and_the_problem(client, token, app_ct
             "and": [
                 {"type": "trait", "trait": "city", "op": "in", "value": "上海"},
                 {"type": "event_count", "event": "pos_purchase", "op": "gte"},
-                {"type": "coupon", "campaign_id": 1},
+                {"type": "coupon", "campaign_id": 1, "state": "lost"},
                 {"type": "segment", "segment_id": 999},
             ]
         }
@@ -96,7 +96,7 @@ def test_invalid_definitions_name_the_path_and_the_problem(client, token, app_ct
     errors = response.json["errors"]
     assert errors["/definition/rule/and/0/value"] == ["'上海' is not of type 'array'"]
     assert errors["/definition/rule/and/1"] == ["'value' is required"]
-    assert "planned" in errors["/definition/rule/and/2/type"][0]
+    assert "'lost' is not one of" in errors["/definition/rule/and/2/state"][0]
     assert errors["/definition/rule/and/3/segment_id"] == ["segment 999 does not exist"]
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Segment)) == 0
     preview = client.post("/api/v1/segments/preview", json={"definition": bad}, headers=token)

@@ -550,6 +550,8 @@ def test_the_generators_reach_every_condition_type():
         "propensity",  # no stored scores in generated data: tests/test_propensity_scoring.py
         "journey",  # no journey instances in generated data: tests/test_journeys_segments.py
         "knowledge",  # no quiz scores in generated data: tests/test_hcp_*.py
+        "coupon",  # no coupons in generated data: tests/test_loyalty_segments.py
+        "points",  # no points accounts in generated data: tests/test_loyalty_segments.py
     }  # fmt: skip
     assert set(REGISTRY) == generated
 

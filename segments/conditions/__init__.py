@@ -4,6 +4,7 @@ from segments.conditions import (  # noqa: F401  (registers the types)
     events,
     hcp,
     journey,
+    loyalty,
     medication,
     profile,
     propensity,

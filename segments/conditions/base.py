@@ -45,6 +45,9 @@ class Facts:
     knowledge: dict[str, float] = field(default_factory=dict)  # doctor: dimension -> score
     # (journey id, instance state, converted) of each counted journey instance
     journeys: list[tuple[int, str, bool]] = field(default_factory=list)
+    # (campaign id, status, valid from, expires at) of each coupon issued to the profile
+    coupons: list[tuple] = field(default_factory=list)
+    points: int = 0  # balance of the profile's live points account
 
 
 @dataclass
@@ -121,10 +124,7 @@ class Condition:
 REGISTRY: dict[str, type[Condition]] = {}
 
 # Condition types designed but not yet available (their data does not exist yet).
-PLANNED: dict[str, str] = {
-    "coupon": "coupon state (issued / redeemed / expired) once the loyalty ledger exists",
-    "points": "points balance or earned in a window once the loyalty ledger exists",
-}
+PLANNED: dict[str, str] = {}
 
 
 def register(cls: type[Condition]) -> type[Condition]:

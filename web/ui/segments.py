@@ -245,12 +245,15 @@ TYPE_LABELS = {
     "segment": _l("In another segment"),
     "propensity": _l("Propensity score"),
     "journey": _l("Journey state"),
+    "coupon": _l("Coupon state"),
+    "points": _l("Points balance"),
     "knowledge": _l("Doctor's knowledge in a dimension"),
 }
 FIELD_LABELS = {
     "kind": _l("Kind"),
     "model": _l("Model"),
     "journey_id": _l("Journey"),
+    "campaign_id": _l("Coupon campaign"),
     "state": _l("State"),
     "dimension": _l("Knowledge dimension"),
     "weak": _l("Weak"),
