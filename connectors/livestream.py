@@ -24,14 +24,12 @@ answer), not stored. Times without a zone are Beijing time.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import UTC, datetime
 
 import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import BadRequest, Conflict, Unauthorized
+from werkzeug.exceptions import BadRequest, Conflict
 
 from cdp.db import db, utcnow
 from cdp.hcp import events as hcp_events
@@ -55,9 +53,12 @@ from web.extensions import csrf
 KIND = "livestream"
 MAX_BODY = 512 * KB
 MAX_EVENTS = 500
-HEADER_TIMESTAMP = "X-Live-Timestamp"
-HEADER_NONCE = "X-Live-Nonce"
-HEADER_SIGNATURE = "X-Live-Signature"
+SIGNED = replay.SignedRequests(
+    timestamp="X-Live-Timestamp",
+    nonce="X-Live-Nonce",
+    signature="X-Live-Signature",
+    realm="livestream",
+)
 EVENT_NAMES = {
     "register": hcp_events.REGISTERED,
     "join": hcp_events.JOINED,
@@ -94,32 +95,6 @@ class ItemError(ValueError):
     def __init__(self, field: str, reason: str):
         super().__init__(f"{field}: {reason}")
         self.field, self.reason = field, reason
-
-
-def sign(secret: str, timestamp: str, nonce: str, body: bytes) -> str:
-    message = f"{timestamp}\n{nonce}\n".encode() + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def _unauthorized(message: str):
-    return http_error(Unauthorized, message, {"WWW-Authenticate": 'HMAC-SHA256 realm="livestream"'})
-
-
-def verify(secret: str, headers, body: bytes) -> str:
-    """Check timestamp and signature; return the nonce (not yet claimed)."""
-    timestamp, nonce = headers.get(HEADER_TIMESTAMP), headers.get(HEADER_NONCE, "")
-    signature = headers.get(HEADER_SIGNATURE, "")
-    if not signature:
-        raise _unauthorized(f"{HEADER_SIGNATURE} is required (HMAC-SHA256 of the body)")
-    problem = replay.timestamp_problem(timestamp)
-    if problem:
-        raise _unauthorized(problem)
-    if not 8 <= len(nonce) <= 64 or not nonce.isascii():
-        raise _unauthorized(f"{HEADER_NONCE} must be 8 to 64 ASCII characters")
-    expected = sign(secret, timestamp.strip(), nonce, body)
-    if not hmac.compare_digest(expected, signature.strip().lower()):
-        raise _unauthorized("signature does not match (timestamp, nonce, body)")
-    return nonce
 
 
 # --- items → canonical messages --------------------------------------------------------------
@@ -266,7 +241,7 @@ def receive(source_id: str):
     source, options = connector_source(source_id, KIND)
     body = read_body(MAX_BODY, what="the live-stream events body")
     g.connector_payload = body
-    nonce = verify(options["secret"], request.headers, body)
+    nonce = SIGNED.verify(options["secret"], request.headers, body)
     try:
         payload = require_object(parse_json(body))
         messages = parse_events(payload, options.get("platform") or "livestream")
@@ -284,7 +259,7 @@ def receive(source_id: str):
     except sa.exc.SQLAlchemyError:
         raise unavailable() from None
     if not fresh:
-        raise http_error(Conflict, f"{HEADER_NONCE} was already used: a replayed request")
+        raise http_error(Conflict, f"{SIGNED.nonce} was already used: a replayed request")
     try:
         kept = [messages[n] for n in positions]
         result = ingest_messages(source, kept, received_at) if kept else None

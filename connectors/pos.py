@@ -16,14 +16,12 @@ events and move the medicine's refill forecast back (see ``adjust_reversals``).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from datetime import timedelta
 
 import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import BadRequest, Conflict, Unauthorized
+from werkzeug.exceptions import BadRequest, Conflict
 
 from cdp.db import db, utcnow
 from cdp.models import Event, Profile, Source
@@ -43,9 +41,12 @@ from web.extensions import csrf
 
 KIND = "pos"
 MAX_BODY = 2048 * KB
-HEADER_TIMESTAMP = "X-CarePath-Timestamp"
-HEADER_NONCE = "X-CarePath-Nonce"
-HEADER_SIGNATURE = "X-CarePath-Signature"
+SIGNED = replay.SignedRequests(
+    timestamp="X-CarePath-Timestamp",
+    nonce="X-CarePath-Nonce",
+    signature="X-CarePath-Signature",
+    realm="pos",
+)
 
 bp = Blueprint("connector_pos", __name__, url_prefix="/connectors/pos")
 csrf.exempt(bp)
@@ -68,32 +69,6 @@ class PosSourceKind(SourceKind):
 
     def endpoint_urls(self, base_url: str, source: Source) -> dict[str, str]:
         return {"transactions": f"{base_url}/connectors/pos/{source.id}/transactions"}
-
-
-def sign(secret: str, timestamp: str, nonce: str, body: bytes) -> str:
-    message = f"{timestamp}\n{nonce}\n".encode() + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def _unauthorized(message: str):
-    return http_error(Unauthorized, message, {"WWW-Authenticate": 'HMAC-SHA256 realm="pos"'})
-
-
-def verify(secret: str, headers, body: bytes) -> str:
-    """Check timestamp and signature; return the nonce (not yet claimed)."""
-    timestamp, nonce = headers.get(HEADER_TIMESTAMP), headers.get(HEADER_NONCE, "")
-    signature = headers.get(HEADER_SIGNATURE, "")
-    if not signature:
-        raise _unauthorized(f"{HEADER_SIGNATURE} is required (HMAC-SHA256 of the body)")
-    problem = replay.timestamp_problem(timestamp)
-    if problem:
-        raise _unauthorized(problem)
-    if not 8 <= len(nonce) <= 64 or not nonce.isascii():
-        raise _unauthorized(f"{HEADER_NONCE} must be 8 to 64 ASCII characters")
-    expected = sign(secret, timestamp.strip(), nonce, body)
-    if not hmac.compare_digest(expected, signature.strip().lower()):
-        raise _unauthorized("signature does not match (timestamp, nonce, body)")
-    return nonce
 
 
 def _days_by_code(items: list, per_unit_of: dict | None = None) -> dict[str, float]:
@@ -192,7 +167,7 @@ def transactions(source_id: str):
     source, options = connector_source(source_id, KIND)
     body = read_body(MAX_BODY, what="the transactions body")
     g.connector_payload = body
-    nonce = verify(options["secret"], request.headers, body)
+    nonce = SIGNED.verify(options["secret"], request.headers, body)
     try:
         payload = require_object(parse_json(body))
         messages, skipped, positions = parse_transactions(payload, options["partner"])
@@ -203,7 +178,7 @@ def transactions(source_id: str):
     except sa.exc.SQLAlchemyError:
         raise unavailable() from None
     if not fresh:
-        raise http_error(Conflict, f"{HEADER_NONCE} was already used: a replayed request")
+        raise http_error(Conflict, f"{SIGNED.nonce} was already used: a replayed request")
     try:
         adjust_reversals(source, messages)
         result = ingest_messages(source, messages, received_at) if messages else None

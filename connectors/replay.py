@@ -1,4 +1,4 @@
-"""Replay protection for signed requests: a timestamp window and single-use nonces.
+"""Signed requests: HMAC-SHA256 signatures, a timestamp window and single-use nonces.
 
 A nonce is claimed in its own short transaction before the events are ingested and
 released again if ingestion fails (so the sender's retry with the same signed request
@@ -8,20 +8,61 @@ timestamp check refuses them) and are pruned.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from werkzeug.exceptions import Unauthorized
 
 from cdp.db import db, utcnow
+from connectors.http_body import http_error
 from connectors.models import ConnectorNonce
 
 WINDOW_SECONDS = 300
 PRUNE_EVERY_SECONDS = 60.0
 _pruned = {"at": 0.0}
 _lock = threading.Lock()
+
+
+def sign(secret: str, timestamp: str, nonce: str, body: bytes) -> str:
+    """Hex HMAC-SHA256 over ``timestamp\nnonce\n`` + body (what senders compute)."""
+    message = f"{timestamp}\n{nonce}\n".encode() + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class SignedRequests:
+    """One connector's signing headers; ``verify`` checks them against its secret."""
+
+    timestamp: str
+    nonce: str
+    signature: str
+    realm: str
+
+    def _unauthorized(self, message: str):
+        challenge = {"WWW-Authenticate": f'HMAC-SHA256 realm="{self.realm}"'}
+        return http_error(Unauthorized, message, challenge)
+
+    def verify(self, secret: str, headers, body: bytes) -> str:
+        """Check timestamp and signature; return the nonce (not yet claimed)."""
+        timestamp, nonce = headers.get(self.timestamp), headers.get(self.nonce, "")
+        signature = headers.get(self.signature, "")
+        if not signature:
+            raise self._unauthorized(f"{self.signature} is required (HMAC-SHA256 of the body)")
+        problem = timestamp_problem(timestamp)
+        if problem:
+            raise self._unauthorized(problem)
+        if not 8 <= len(nonce) <= 64 or not nonce.isascii():
+            raise self._unauthorized(f"{self.nonce} must be 8 to 64 ASCII characters")
+        expected = sign(secret, timestamp.strip(), nonce, body)
+        if not hmac.compare_digest(expected, signature.strip().lower()):
+            raise self._unauthorized("signature does not match (timestamp, nonce, body)")
+        return nonce
 
 
 def timestamp_problem(raw: str | None, now: float | None = None) -> str | None:

@@ -19,7 +19,7 @@ from cdp.models import Event, Profile
 from cdp.models.hcp import Award, Participant
 from cdp.sources import create_source, endpoint_urls, get_source
 from connectors import base
-from connectors.livestream import sign
+from connectors.replay import sign
 from tests.test_hcp_engagement import RIGHT, Clinic
 
 SECRET = "live-secret-0123456789abcdef"

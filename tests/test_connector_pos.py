@@ -15,8 +15,8 @@ from cdp.db import db
 from cdp.models import Event, Identity, Profile
 from cdp.sources import create_source
 from connectors import base
-from connectors.pos import sign
 from connectors.pos_parse import parse_transactions
+from connectors.replay import sign
 
 SECRET = "pos-secret-0123456789abcdef"
 PARTNER = "laobaixing"
