@@ -16,7 +16,6 @@ stable code (counted in step statistics):
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -74,10 +73,9 @@ class PermanentError(ChannelError):
 
 
 def setting(config: Mapping, key: str, default=None):
-    """``key`` from the app config, else the environment variable ``CDP_<key>``, else default."""
+    """``key`` from the app config (``CDP_<key>`` in the environment, read once by
+    cdp.config), else ``default``."""
     value = config.get(key)
-    if value in (None, ""):
-        value = os.environ.get(f"CDP_{key}")
     return default if value in (None, "") else value
 
 
