@@ -81,8 +81,9 @@ def _prepare(claimed: list[int], now: datetime, count) -> list[int]:
             sa.select(Delivery).where(Delivery.id.in_(claimed)).order_by(Delivery.id)
             .execution_options(populate_existing=True)
         ).all()  # fmt: skip
+        holds = _holds(rows)
         for delivery in rows:
-            hold = _hold(delivery)
+            hold = holds.get(delivery.id)
             if hold == "postponed":
                 delivery.status, delivery.attempts = "pending", delivery.attempts - 1
                 delivery.next_attempt_at, delivery.claimed_until = now + ORDER_RETRY, None
@@ -157,21 +158,36 @@ def _perform_claimed(delivery_id: int, now: datetime) -> str:
         return "retry"
 
 
-def _hold(delivery: Delivery) -> str | None:
-    """Why not now: an earlier effect of the instance is still going (effects of one instance
-    happen in order: the coupon before the message announcing it), or the instance exited."""
-    if delivery.instance_id is None:
-        return None
-    state = sa.select(JourneyInstance.state).where(JourneyInstance.id == delivery.instance_id)
-    earlier = sa.exists().where(
-        D.c.instance_id == delivery.instance_id,
-        D.c.id < delivery.id,
-        D.c.status.in_(("pending", "sending")),
+def _holds(rows: list[Delivery]) -> dict[int, str]:
+    """Delivery id -> why not now, for the claimed rows (two queries for all of them): an
+    earlier effect of the instance is still going (effects of one instance happen in order:
+    the coupon before the message announcing it), or the instance exited."""
+    instance_ids = {d.instance_id for d in rows if d.instance_id is not None}
+    if not instance_ids:
+        return {}
+    states = dict(
+        db.session.execute(
+            sa.select(JourneyInstance.id, JourneyInstance.state).where(
+                JourneyInstance.id.in_(instance_ids)
+            )
+        ).all()
     )
-    row = db.session.execute(sa.select(state.scalar_subquery(), earlier)).one()
-    if row[1]:
-        return "postponed"
-    return "exited" if row[0] == "exited" else None
+    first_open = dict(
+        db.session.execute(
+            sa.select(D.c.instance_id, sa.func.min(D.c.id))
+            .where(D.c.instance_id.in_(instance_ids), D.c.status.in_(("pending", "sending")))
+            .group_by(D.c.instance_id)
+        ).all()
+    )
+    holds = {}
+    for d in rows:
+        if d.instance_id is None:
+            continue
+        if first_open.get(d.instance_id, d.id) < d.id:
+            holds[d.id] = "postponed"
+        elif states.get(d.instance_id) == "exited":
+            holds[d.id] = "exited"
+    return holds
 
 
 def _retry(delivery: Delivery, reason: str, detail: str, retry_after: float | None) -> str:
