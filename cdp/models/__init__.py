@@ -6,7 +6,7 @@ from cdp.models.content import ContentVersion  # noqa: F401  (registers the cont
 from cdp.models.events import Event
 from cdp.models.hcp import HcpProfile  # noqa: F401  (registers the doctor engagement tables)
 from cdp.models.identity import BlockedIdentifier, IdentityConflict, Merge
-from cdp.models.ingest import OutboxBatch, Violation
+from cdp.models.ingest import InboundBatch, OutboxBatch, Violation
 from cdp.models.jobs import JobRun
 from cdp.models.loyalty import Partner  # noqa: F401  (registers the loyalty tables)
 from cdp.models.privacy import PrivacyRequest  # noqa: F401  (registers the privacy tables)
@@ -23,6 +23,7 @@ __all__ = [
     "ConsentState",
     "IdentityConflict",
     "Merge",
+    "InboundBatch",
     "OutboxBatch",
     "Violation",
     "AuditEntry",

@@ -53,3 +53,23 @@ class OutboxBatch(db.Model):
     attempts: Mapped[int] = mapped_column(default=0)
 
     __table_args__ = (sa.Index("ix_outbox_batches_pending", "processed_at", "created_at"),)
+
+
+class InboundBatch(db.Model):
+    """Accepted messages of one request, committed before the ack, not yet resolved.
+
+    With deferred resolution (``INGEST_DEFER_RESOLUTION``) the tracking API only validates
+    and appends the batch here; a drain job resolves identities and stores the events, and
+    deletes the row in that same transaction, so each message is stored exactly once.
+    The messages may hold personal data, so they are kept encrypted.
+    """
+
+    __tablename__ = "inbound_batches"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    source_id: Mapped[str] = mapped_column(sa.ForeignKey("sources.id", ondelete="CASCADE"))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    message_count: Mapped[int]
+    payload_encrypted: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(default=0)
