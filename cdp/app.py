@@ -11,6 +11,7 @@ from flask import Flask
 from cdp import commands, db, hcp, pii, privacy, queue, sweeper
 from cdp.config import ConfigError, base_config, finalize, from_environment
 from cdp.extensions import migrate
+from cdp.ingest import inbound as ingest_inbound
 from cdp.ingest import tasks as ingest_tasks
 
 MIGRATIONS_DIR = str(Path(__file__).parent / "migrations")
@@ -36,6 +37,7 @@ def create_app(config: dict | None = None) -> Flask:
     queue.init_app(app)
     sweeper.init_app(app)
     ingest_tasks.init_app(app)
+    ingest_inbound.init_app(app)
     privacy.init_app(app)  # consent from channel events, retention, content expiry
     hcp.init_app(app)  # doctors' meeting and quiz events, erasure of speakers
     commands.init_app(app)

@@ -48,6 +48,9 @@ ENV_VARS = (
     EnvSpec("CDP_PUBLIC_URL", "PUBLIC_URL", "http://127.0.0.1:5000"),
     EnvSpec("CDP_LOGIN_RATE_LIMIT", "LOGIN_RATE_LIMIT", "10 per minute"),
     EnvSpec("CDP_PARTNER_RATE_LIMIT", "PARTNER_RATE_LIMIT", "1200 per minute"),
+    # The tracking API acks once a batch is committed and resolves identities in the drain
+    # job (docs/tracking-api.md); "false" resolves them in the request, before the ack.
+    EnvSpec("CDP_INGEST_DEFER_RESOLUTION", "INGEST_DEFER_RESOLUTION", "true"),
     # Journey engine (defaults in journeys/settings.py; unset means the default).
     EnvSpec("CDP_JOURNEY_GLOBAL_CONTROL_PERCENT", "JOURNEY_GLOBAL_CONTROL_PERCENT", None),
     EnvSpec("CDP_JOURNEY_SWEEP_SECONDS", "JOURNEY_SWEEP_SECONDS", None),
@@ -175,5 +178,9 @@ def finalize(config: dict) -> None:
         connect_args.setdefault("connect_timeout", 2)
         opts["connect_args"] = connect_args
         config["SQLALCHEMY_ENGINE_OPTIONS"] = opts
+    defer = config.get("INGEST_DEFER_RESOLUTION", True)
+    if isinstance(defer, str):
+        defer = defer.strip().lower() not in ("0", "false", "no", "off")
+    config["INGEST_DEFER_RESOLUTION"] = bool(defer)
     if config.get("EMBEDDED_WORKER") is None:
         config["EMBEDDED_WORKER"] = not config.get("REDIS_URL")

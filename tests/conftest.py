@@ -37,6 +37,9 @@ def make_app(database_url: str, **overrides):
         "SECRET_KEY": "test-secret",
         "PII_KEY": "test-pii-key",
         "JOB_RETRIES": 0,
+        # Most tests read profiles right after posting; tests/test_ingest_deferred.py covers
+        # the default, where the drain job resolves them.
+        "INGEST_DEFER_RESOLUTION": False,
     }
     config.update(overrides)
     return create_app(config)

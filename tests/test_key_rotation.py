@@ -11,9 +11,10 @@ from cdp import create_app
 from cdp.actors import SYSTEM
 from cdp.config import DEFAULT_PII_KEY, ConfigError
 from cdp.db import db, utcnow
+from cdp.ingest import inbound
 from cdp.ingest.pipeline import ingest
 from cdp.loyalty import partners, syncs
-from cdp.models import Merge, Violation
+from cdp.models import Event, Merge, Violation
 from cdp.models.loyalty import MemberSync
 from cdp.pii import PiiVault, vault
 from cdp.privacy import keys
@@ -38,6 +39,8 @@ def _fill_every_encrypted_column(app) -> dict:
     ingest(source, [{"type": "identify", "userId": "zj", "traits": {"phone": PHONE}}])
     ingest(source, [{"type": "identify", "userId": "zj", "anonymousId": "a1"}])  # a merge
     ingest(source, [{"type": "track", "userId": "zj"}])  # no event name: a violation
+    # Acked, not resolved yet (deferred resolution): encrypted in inbound_batches.
+    ingest(source, [{"type": "track", "userId": "zj", "event": "e", "messageId": "p1"}], defer=True)
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Merge)) == 1
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Violation)) == 1
 
@@ -98,6 +101,8 @@ def test_rotation_leaves_nothing_under_the_old_key_and_the_new_key_alone_reads_a
         profile = find_by_identifier("phone", "", PHONE)  # blind index kept its key
         assert decrypt_profile_pii(profile.pii_encrypted)["name"] == "周杰"
         assert source_options(get_source(made["source"])) == {}
+        assert inbound.resolve_pending() == 1 and inbound.pending_count() == 0
+        assert db.session.scalar(sa.select(Event.profile_id).where(Event.message_id == "p1"))
         assert [r["row"]["card_no"] for r in syncs.rejected_rows(SYSTEM, made["rejected"])] == [
             "K2"
         ]

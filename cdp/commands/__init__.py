@@ -13,6 +13,7 @@ def init_app(app: Flask) -> None:
         sources.sources_group,
         runtime.worker,
         runtime.serve,
+        runtime.drain,
         seed.seed_demo,
         privacy.privacy_group,
         content.content_group,

@@ -1,4 +1,4 @@
-"""``cdp serve`` and ``cdp worker``: the long-running processes."""
+"""``cdp serve`` and ``cdp worker``: the long-running processes; ``cdp drain`` for catching up."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from rq.serializers import JSONSerializer
 from sqlalchemy.orm import configure_mappers
 from werkzeug.serving import run_simple
 
+from cdp.ingest import inbound
+from cdp.ingest import tasks as ingest_tasks
 from cdp.queue import QUEUES, BackgroundLoop, ForkingWorker, bind_worker_app, tasks
 
 
@@ -64,3 +66,24 @@ def serve(port, host):
     finally:
         loop.stop()
         click.echo("Stopped.")
+
+
+@click.command("drain")
+@with_appcontext
+def drain():
+    """Resolve every pending inbound batch and process the event outbox now, then exit.
+
+    What the drain job does, run in this process: for catching up without a worker (after
+    a restore, or when the queue was lost) and for scripts that need profiles current.
+    """
+    resolved = 0
+    with click.progressbar(length=inbound.pending_count(), label="inbound batches") as bar:
+        while claimed := inbound.resolve_pending():
+            bar.update(claimed)
+            resolved += claimed
+    left = inbound.pending_count()
+    result = ingest_tasks.process_pending()
+    click.echo(
+        f"Resolved {resolved} inbound batches ({left} left: failed or claimed by a worker); "
+        f"processed {result['processed']} outbox batches."
+    )

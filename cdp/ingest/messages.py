@@ -245,6 +245,28 @@ class Preparer:
             candidate.context["externalIdTypes"] = sorted({str(e.get("type")) for e in external})
         return candidate
 
+    def check(self, index: int, message) -> Candidate:
+        """Reject what ``prepare`` would reject, without resolving identifiers (deferred mode).
+
+        ``prepare`` rejects a message whose shape or times are wrong, or that carries no
+        identifier field at all; an identifier field with a bad value is only flagged, and
+        that is found when the message is prepared for storing. The candidate has no
+        identifiers, traits or properties.
+        """
+        validate_shape(message)
+        timestamp = event_time(message, self.received_at)
+        if not _names_someone(message):
+            raise Rejected("userId", "userId, anonymousId or context.externalIds is required")
+        return Candidate(
+            index=index,
+            message=message,
+            message_id=str(message.get("messageId") or f"cdp-{uuid.uuid4()}"),
+            type=message["type"],
+            name=message.get("event") or message.get("name"),
+            timestamp=timestamp,
+            identifiers=[],
+        )
+
     def _add(self, candidate: Candidate, path: str, type_: str, value, namespace=None, link=False):
         try:
             ident = make_identifier(self.vault, type_, value, namespace)
@@ -279,3 +301,17 @@ class Preparer:
             self._add(
                 candidate, f"context.externalIds.{i}", ext["type"], ext["id"], ext.get("collection")
             )
+
+
+def _names_someone(message: dict) -> bool:
+    """Does a (shape-valid) message carry any identifier field ``Preparer._identifiers`` reads?"""
+    if message.get("userId") not in (None, "") or message.get("anonymousId") not in (None, ""):
+        return True
+    if message["type"] == "alias":
+        return True  # previousId is required by the schema
+    context = message.get("context") or {}
+    traits = {**(context.get("traits") or {}), **(message.get("traits") or {})}
+    if traits.get("phone") or traits.get("mobile") or traits.get("email"):
+        return True
+    device = context.get("device")
+    return bool((isinstance(device, dict) and device.get("id")) or context.get("externalIds"))

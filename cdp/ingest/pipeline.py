@@ -5,6 +5,11 @@ returns, so an acked event is durable. Downstream work is one outbox row per
 batch, written in the same transaction; after the commit a drain job is made sure
 to be queued (one job serves every batch committed before it starts).
 
+With ``defer=True`` (the tracking API, see cdp.ingest.inbound) the request only
+validates and dedupes the batch and commits its accepted messages as one encrypted
+``inbound_batches`` row; the drain job resolves identities and stores the events
+later, through the same ``_store``, deleting the inbound row in that transaction.
+
 Messages are validated and prepared (identifiers normalised, PII encrypted) before
 the transaction starts; the transaction then does only database work. On SQLite it
 starts by taking the write lock (``lock_for_writing``), so its dedupe and identity
@@ -30,7 +35,7 @@ from cdp.identity.blocklist import current_blocklist
 from cdp.identity.resolver import Resolver, StaleRead
 from cdp.ingest.messages import Candidate, Preparer, Rejected
 from cdp.ingest.tasks import hand_off
-from cdp.models import Event, OutboxBatch, Source, Violation
+from cdp.models import Event, InboundBatch, OutboxBatch, Source, Violation
 from cdp.pii import vault
 from cdp.privacy.tombstones import filter_batch
 
@@ -52,6 +57,15 @@ _OUTBOX = OutboxBatch.__table__
 _INSERT_EVENTS = sa.insert(_EVENTS).returning(_EVENTS.c.id)
 _INSERT_VIOLATIONS = sa.insert(Violation.__table__)
 _INSERT_OUTBOX = sa.insert(_OUTBOX).returning(_OUTBOX.c.id)
+_INBOUND = InboundBatch.__table__
+_INSERT_INBOUND = sa.insert(_INBOUND)
+_DELETE_INBOUND = sa.delete(_INBOUND).where(
+    _INBOUND.c.id.in_(sa.bindparam("b_ids", expanding=True))
+)
+_STORED_MESSAGE_ID = sa.select(_EVENTS.c.message_id).where(
+    _EVENTS.c.source_id == sa.bindparam("b_source"),
+    _EVENTS.c.message_id == sa.bindparam("b_id"),
+)
 _STORED_MESSAGE_IDS = sa.select(_EVENTS.c.message_id).where(
     _EVENTS.c.source_id == sa.bindparam("b_source"),
     _EVENTS.c.message_id.in_(sa.bindparam("b_ids", expanding=True)),
@@ -124,37 +138,86 @@ def _violation(source: Source, received_at, index, message, field_, reason, reje
     }
 
 
-def ingest(source: Source, messages: list, received_at: datetime | None = None) -> IngestResult:
+def ingest(
+    source: Source, messages: list, received_at: datetime | None = None, defer: bool = False
+) -> IngestResult:
     """Store the valid messages of a batch in one transaction; report the rest by index.
+
+    ``defer``: commit the accepted messages for the drain job to resolve (profiles follow
+    within seconds) instead of resolving them now; ``profile_ids`` is then empty.
 
     :raise Unavailable: the database cannot be reached, SQLite's write lock stayed busy,
         or concurrent batches kept racing for the same new people (nothing was stored).
     """
     received_at = received_at or utcnow()
     try:
-        prepared = _prepare(source, messages, received_at)
-        result = _store_with_retries(source, prepared, received_at)
+        if defer:
+            prepared = prepare(source, messages, received_at, identifiers=False)
+            result = _append(source, prepared, received_at)
+        else:
+            prepared = prepare(source, messages, received_at)
+            result = store_with_retries(source, prepared, received_at)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         db.session.rollback()
         log.warning("ingest: database unavailable: %s", exc.__class__.__name__)
         raise Unavailable("the database is unavailable; retry later") from exc
-    if result.outbox_id is not None:
+    if result.outbox_id is not None or (defer and result.accepted):
         try:
             hand_off()
         except Exception:  # the sweeper enqueues it later; the events are committed
-            log.warning("ingest: could not enqueue outbox batch %s", result.outbox_id)
+            log.warning("ingest: could not enqueue the drain job")
     return result
 
 
-def _prepare(source: Source, messages: list, received_at: datetime) -> Prepared:
-    """Validate and prepare every message (CPU only: no write, no lock held)."""
+def _append(source: Source, prepared: Prepared, received_at: datetime) -> IngestResult:
+    """Commit the batch's accepted messages (encrypted, one row) and its violations."""
+    session = db.session
+    result = IngestResult(rejected=list(prepared.rejected), flagged=prepared.flagged)
+    fresh = _drop_duplicates(source.id, prepared.candidates, result)
+    lock_for_writing(session, SQLITE_LOCK_WAIT_MS)
+    connection = session.connection()
+    if prepared.violations:
+        connection.execute(_INSERT_VIOLATIONS, prepared.violations)
+    if fresh:
+        # The message id a message without one was given, so a re-run stores it once.
+        messages = [
+            c.message if c.message.get("messageId") else {**c.message, "messageId": c.message_id}
+            for c in fresh
+        ]
+        row = {
+            "source_id": source.id,
+            "received_at": received_at,
+            "message_count": len(messages),
+            "payload_encrypted": vault().encrypt(orjson.dumps(messages), source.id.encode()),
+            "attempts": 0,
+        }
+        connection.execute(_INSERT_INBOUND, row)
+        result.accepted = len(messages)
+    session.commit()
+    return result
+
+
+def prepare(
+    source: Source,
+    messages: list,
+    received_at: datetime,
+    apply_plan: bool = True,
+    identifiers: bool = True,
+) -> Prepared:
+    """Validate and prepare every message (CPU only: no write, no lock held).
+
+    ``apply_plan=False``: skip the tracking plan (it was applied when the batch was acked);
+    ``identifiers=False``: only reject what is invalid (``Preparer.check``), for a batch whose
+    identifiers are resolved later.
+    """
     preparer = Preparer(vault(), current_blocklist(), received_at)
-    plan = source.tracking_plan
+    examine = preparer.prepare if identifiers else preparer.check
+    plan = source.tracking_plan if apply_plan else None
     mode = (plan or {}).get("mode", "allow")
     prepared = Prepared([], [], [], 0)
     for index, message in enumerate(messages):
         try:
-            candidate = preparer.prepare(index, message)
+            candidate = examine(index, message)
         except Rejected as bad:
             prepared.rejected.append({"index": index, "field": bad.field, "reason": bad.reason})
             prepared.violations.append(
@@ -195,11 +258,14 @@ def _retryable(exc: Exception) -> bool:
     )
 
 
-def _store_with_retries(source: Source, prepared: Prepared, received_at) -> IngestResult:
+def store_with_retries(
+    source: Source, prepared: Prepared, received_at, inbound_ids: tuple[int, ...] = ()
+) -> IngestResult | None:
+    """``_store``, again when it lost a race; None if ``inbound_ids`` were stored already."""
     source_id, default_kind = source.id, source.default_profile_kind or "patient"
     for attempt in range(1, _ATTEMPTS + 1):
         try:
-            return _store(source_id, default_kind, prepared, received_at)
+            return _store(source_id, default_kind, prepared, received_at, inbound_ids)
         except (sa.exc.DBAPIError, StaleRead) as exc:
             db.session.rollback()
             if not _retryable(exc):
@@ -210,12 +276,23 @@ def _store_with_retries(source: Source, prepared: Prepared, received_at) -> Inge
     raise AssertionError("unreachable")
 
 
-def _store(source_id: str, default_kind: str, prepared: Prepared, received_at) -> IngestResult:
-    """One attempt at the batch's transaction; commits it."""
+def _store(
+    source_id: str, default_kind: str, prepared: Prepared, received_at, inbound_ids=()
+) -> IngestResult | None:
+    """One attempt at the batch's transaction; commits it.
+
+    ``inbound_ids``: the inbound batches these messages came from, deleted in the same
+    transaction; if another drain job deleted them first, nothing is stored (None).
+    """
     session = db.session
     result = IngestResult(rejected=list(prepared.rejected), flagged=prepared.flagged)
     lock_for_writing(session, SQLITE_LOCK_WAIT_MS)
     connection = session.connection()
+    if inbound_ids:
+        deleted = connection.execute(_DELETE_INBOUND, {"b_ids": list(inbound_ids)}).rowcount
+        if deleted != len(inbound_ids):
+            session.rollback()
+            return None
     fresh = _drop_duplicates(source_id, prepared.candidates, result)
     # Erased people stay erased: their identifiers' tombstones drop new events (acked, not
     # stored) until one of them re-consents.
@@ -268,6 +345,10 @@ def _drop_duplicates(source_id: str, candidates: list[Candidate], result):
     """Drop messages already stored for this source, and repeats inside the batch."""
     ids = list({c.message_id for c in candidates})
     stored: set[str] = set()
+    if len(ids) == 1:  # a single call: "= :id" is built once, an expanding IN per execution
+        found = db.session.execute(_STORED_MESSAGE_ID, {"b_source": source_id, "b_id": ids[0]})
+        stored = set(found.scalars())
+        ids = []
     for start in range(0, len(ids), 500):
         params = {"b_source": source_id, "b_ids": ids[start : start + 500]}
         stored |= set(db.session.execute(_STORED_MESSAGE_IDS, params).scalars())

@@ -27,7 +27,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 
 from cdp.db import db, utcnow
-from cdp.models import Event, OutboxBatch, Source
+from cdp.models import Event, InboundBatch, OutboxBatch, Source
 from cdp.queue import enqueue, task, tasks
 from cdp.sweeper import register_sweep_hook
 
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 # name -> fn(event_ids, profile_ids); segments and journeys register theirs. Must be idempotent.
 EVENT_PROCESSORS: dict[str, Callable[[list[int], list[int]], object]] = {}
+# Deferred ingestion (cdp.ingest.inbound): fn() resolves a claimed chunk of inbound batches
+# into events and outbox batches and returns how many it took (0: none pending).
+INBOUND_RESOLVERS: list[Callable[[], int]] = []
 STALE_AFTER = timedelta(minutes=2)
 CLAIM_TTL = STALE_AFTER
 QUEUED_KEY = "cdp:ingest:drain-queued"
@@ -48,6 +51,11 @@ _OUTBOX = OutboxBatch.__table__
 
 def register_event_processor(name: str, fn: Callable[[list[int], list[int]], object]) -> None:
     EVENT_PROCESSORS[name] = fn
+
+
+def register_inbound_resolver(fn: Callable[[], int]) -> None:
+    if fn not in INBOUND_RESOLVERS:
+        INBOUND_RESOLVERS.append(fn)
 
 
 def hand_off(force: bool = False) -> None:
@@ -73,24 +81,32 @@ def _claimable(now):
     )
 
 
-def claim(limit: int = CLAIM_CHUNK, outbox_id: int | None = None) -> list[int]:
-    """Claim the oldest claimable pending batches (or just ``outbox_id``); commits the claim."""
+def claim_rows(table: sa.Table, claimable, stamp: str, limit: int, only_id=None) -> list[int]:
+    """Claim the oldest ``claimable`` rows of a work table: bump ``attempts``, set ``stamp``.
+
+    Commits the claim. PostgreSQL skips rows another claimer holds locked; on SQLite the
+    UPDATE holds the write lock.
+    """
     session = db.session
-    now = utcnow()
-    pending = sa.select(_OUTBOX.c.id).where(_claimable(now)).order_by(_OUTBOX.c.id).limit(limit)
-    if outbox_id is not None:
-        pending = pending.where(_OUTBOX.c.id == outbox_id)
+    pending = sa.select(table.c.id).where(claimable).order_by(table.c.id).limit(limit)
+    if only_id is not None:
+        pending = pending.where(table.c.id == only_id)
     if session.get_bind().dialect.name == "postgresql":
         pending = pending.with_for_update(skip_locked=True)
     claimed = session.execute(
-        sa.update(_OUTBOX)
-        .where(_OUTBOX.c.id.in_(pending.scalar_subquery()))
-        .values(attempts=_OUTBOX.c.attempts + 1, enqueued_at=now)
-        .returning(_OUTBOX.c.id)
+        sa.update(table)
+        .where(table.c.id.in_(pending.scalar_subquery()))
+        .values({"attempts": table.c.attempts + 1, stamp: utcnow()})
+        .returning(table.c.id)
     ).scalars()
     ids = sorted(claimed)
     session.commit()
     return ids
+
+
+def claim(limit: int = CLAIM_CHUNK, outbox_id: int | None = None) -> list[int]:
+    """Claim the oldest claimable pending batches (or just ``outbox_id``); commits the claim."""
+    return claim_rows(_OUTBOX, _claimable(utcnow()), "enqueued_at", limit, outbox_id)
 
 
 def _process(*outbox_ids: int) -> None:
@@ -133,8 +149,11 @@ def process_pending() -> dict:
         if time.monotonic() > deadline:
             hand_off(force=True)  # batches may remain: queue the next drain job, end this one
             break
+        resolved = sum(resolve() for resolve in INBOUND_RESOLVERS)
         ids = claim()
         if not ids:
+            if resolved:
+                continue
             break
         if len(ids) > 1:
             try:
@@ -195,6 +214,20 @@ def requeue_stale_batches(limit: int = 1000) -> int:
             .where(
                 _OUTBOX.c.processed_at.is_(None),
                 sa.or_(_OUTBOX.c.enqueued_at.is_(None), _OUTBOX.c.enqueued_at < cutoff),
+            )
+            .limit(limit)
+            .subquery()
+        )
+    )
+    inbound = InboundBatch.__table__
+    stale += db.session.scalar(
+        sa.select(sa.func.count()).select_from(
+            sa.select(inbound.c.id)
+            .where(
+                sa.or_(
+                    sa.and_(inbound.c.claimed_at.is_(None), inbound.c.received_at < cutoff),
+                    inbound.c.claimed_at < cutoff,
+                )
             )
             .limit(limit)
             .subquery()

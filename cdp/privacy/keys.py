@@ -66,6 +66,7 @@ for _column in (
     EncryptedColumn("merges", "survivor_pii_before", (), _constant(b"profile")),
     EncryptedColumn("identities", "value_encrypted", ("type",), _text),
     EncryptedColumn("violations", "payload_encrypted", ("source_id",), _text),
+    EncryptedColumn("inbound_batches", "payload_encrypted", ("source_id",), _text),
     EncryptedColumn("sources", "options_encrypted", ("id",), _text),
 ):
     register_encrypted_column(_column)

@@ -1,0 +1,74 @@
+"""Deferred identity resolution: the drain job turns committed inbound batches into events.
+
+The tracking API acks a batch once its accepted messages are committed as one
+``inbound_batches`` row (``ingest(..., defer=True)``): validation, dedupe against stored
+events and the violations happen in the request; identity resolution, merges and the
+event rows happen here, in the ``process_pending`` drain job, in id order. Each inbound
+row is deleted in the transaction that stores its events, so a worker killed half-way
+leaves the row to be claimed again (after ``CLAIM_TTL``) and nothing is stored twice.
+Messages repeated across batches still in flight are dropped here by the same dedupe.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import sqlalchemy as sa
+
+from cdp.db import db, utcnow
+from cdp.ingest import pipeline
+from cdp.ingest.tasks import CLAIM_TTL, claim_rows, register_inbound_resolver
+from cdp.models import InboundBatch, Source
+from cdp.pii import vault
+
+log = logging.getLogger(__name__)
+CLAIM_CHUNK = 20  # inbound batches (of up to 100 messages from the SDKs) claimed at a time
+_INBOUND = InboundBatch.__table__
+_ROWS = sa.select(
+    _INBOUND.c.id, _INBOUND.c.source_id, _INBOUND.c.received_at, _INBOUND.c.payload_encrypted
+)
+
+
+def _claimable(now):
+    return sa.or_(_INBOUND.c.claimed_at.is_(None), _INBOUND.c.claimed_at < now - CLAIM_TTL)
+
+
+def pending_count() -> int:
+    """Inbound batches not resolved yet (for status pages and tests)."""
+    return db.session.scalar(sa.select(sa.func.count()).select_from(_INBOUND))
+
+
+def resolve_pending(limit: int = CLAIM_CHUNK) -> int:
+    """Claim up to ``limit`` inbound batches and resolve each; returns how many were claimed.
+
+    A batch that fails keeps its claim and is taken again once the claim expires.
+    """
+    ids = claim_rows(_INBOUND, _claimable(utcnow()), "claimed_at", limit)
+    for inbound_id in ids:
+        try:
+            resolve(inbound_id)
+        except Exception:
+            db.session.rollback()
+            log.exception("inbound batch %s failed; retried after %s", inbound_id, CLAIM_TTL)
+    return len(ids)
+
+
+def resolve(inbound_id: int) -> int:
+    """Store one inbound batch's events (resolving identities); returns how many were stored."""
+    row = db.session.execute(_ROWS.where(_INBOUND.c.id == inbound_id)).first()
+    if row is None:
+        db.session.rollback()
+        return 0  # resolved already by another drain job
+    source = db.session.get(Source, row.source_id)
+    messages = orjson.loads(vault().decrypt(row.payload_encrypted, row.source_id.encode()))
+    # The request rejected the invalid messages and applied the tracking plan: what it acked
+    # stays accepted, even if the plan changed since. Identifier values it did not look at
+    # (a malformed phone, a blocked card number) are flagged now.
+    prepared = pipeline.prepare(source, messages, row.received_at, apply_plan=False)
+    result = pipeline.store_with_retries(source, prepared, row.received_at, (row.id,))
+    return result.accepted if result is not None else 0
+
+
+def init_app(app) -> None:
+    register_inbound_resolver(resolve_pending)
