@@ -19,7 +19,9 @@ On a fresh migrated SQLite file (and the empty PostgreSQL database given with
    app through Flask's test client (the full request path without sockets), i.e. what the
    two workers themselves can do when the load generator does not share their 2 CPUs.
    Prints redemptions/s, attempts/s, p50/p99, then checks the database: one live
-   redemption per coupon and as many redemptions as 201s (double redemption = 0).
+   redemption per coupon and as many redemptions as 201s (double redemption = 0);
+4. settle: the time the loyalty-events job takes to write those redemptions' events,
+   feed changes and audit rows (``cdp.loyalty.settle``), which left the request path.
 
 Target (issue #5): redeem >= 1,000 redemptions/s across 2 workers with no double
 redemption; member sync of 10,000 rows < 5 s.
@@ -49,6 +51,8 @@ BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
 SECRET, PII = "bench-secret", "bench-pii-key"
+# The per-key rate limit (1,200/min by default) would cap the run at 20 calls/s per worker.
+NO_RATE_LIMIT = "10000000 per minute"
 
 
 def free_port() -> int:
@@ -66,8 +70,9 @@ def make_app(url: str):
     from cdp import create_app
 
     return create_app(
-        {"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": SECRET, "PII_KEY": PII, "JOB_RETRIES": 0}
-    )
+        {"SQLALCHEMY_DATABASE_URI": url, "SECRET_KEY": SECRET, "PII_KEY": PII, "JOB_RETRIES": 0,
+         "PARTNER_RATE_LIMIT": NO_RATE_LIMIT}
+    )  # fmt: skip
 
 
 def member_rows(n: int, store: str) -> list[dict]:
@@ -290,6 +295,21 @@ def check(url: str, codes: list[str], result: dict, label: str) -> None:
         raise SystemExit(1)
 
 
+def settle(url: str, label: str) -> None:
+    """Time the follow-up the redemptions left to the loyalty-events job (events, feed, audit)."""
+    from cdp.db import db
+    from cdp.loyalty.settle import settle_redemptions
+
+    app = make_app(url)
+    with app.app_context():
+        started = time.perf_counter()
+        settled = settle_redemptions()
+        seconds = time.perf_counter() - started
+        db.engine.dispose()
+    rate = settled / seconds if settled else 0
+    print(f"  settle [{label}]: {settled:,} redemptions in {seconds:.2f} s = {rate:,.0f}/s")
+
+
 def reset_redemptions(url: str) -> None:
     import sqlalchemy as sa
 
@@ -311,16 +331,20 @@ def run(url: str, args, workdir: Path, label: str) -> None:
     env.update(
         CDP_DATABASE_URL=url, CDP_SECRET_KEY=SECRET, CDP_PII_KEY=PII,
         CDP_INSTANCE_PATH=str(workdir / "instance"), CDP_LOGIN_RATE_LIMIT="100000 per minute",
+        CDP_PARTNER_RATE_LIMIT=NO_RATE_LIMIT,
     )  # fmt: skip
     if args.mode in ("gunicorn", "both"):
         with gunicorn(env, workdir / "gunicorn.log") as port:
             result = http_redeem(port, state["key"], state["codes"], args.clients)
         check(url, state["codes"], result, "gunicorn -w 2, HTTP")
+        settle(url, "events, feed and audit of those redemptions, one process")
     if args.mode in ("inproc", "both"):
         if args.mode == "both":
             reset_redemptions(url)
         result = inproc_redeem(url, state["key"], state["codes"])
         check(url, state["codes"], result, "2 processes, in-process client")
+        if args.mode == "inproc":  # after a reset the settle cursor is past the new ids
+            settle(url, "events, feed and audit of those redemptions, one process")
 
 
 def main() -> None:

@@ -106,15 +106,21 @@ def record_failures(bp: Blueprint) -> None:
 
 
 def ingest_messages(
-    source: Source, messages: list[dict], received_at: datetime | None = None, requests: int = 1
+    source: Source,
+    messages: list[dict],
+    received_at: datetime | None = None,
+    requests: int = 1,
+    defer: bool = False,
 ) -> IngestResult:
     """Ingest through the pipeline (one transaction); 503 when the database is down.
 
     ``requests``: how many HTTP requests the messages came in (a group commit has several).
+    ``defer``: ack once committed and resolve identities in the drain job (see
+    cdp.ingest.inbound); for endpoints that answer without needing the profile.
     """
     received_at = received_at or utcnow()
     try:
-        result = ingest(source, messages, received_at)
+        result = ingest(source, messages, received_at, defer=defer)
     except Unavailable:
         raise unavailable() from None
     health.count(

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from flask import current_app
 from werkzeug.exceptions import HTTPException
 
 from cdp.db import db, utcnow
@@ -134,7 +135,13 @@ class GroupCommitter:
         messages = [m for sub in batch for m in sub.messages]
         received_at = min(s.received_at for s in batch)
         with writer_lock():
-            result = ingest_messages(source, messages, received_at, requests=len(batch))
+            result = ingest_messages(
+                source,
+                messages,
+                received_at,
+                requests=len(batch),
+                defer=current_app.config["INGEST_DEFER_RESOLUTION"],
+            )
         offset = 0
         for sub in batch:
             end = offset + len(sub.messages)

@@ -12,14 +12,12 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 import time
 
 import limits
 import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, request
-from limits.storage import MemoryStorage
 from werkzeug.exceptions import BadRequest, ServiceUnavailable, TooManyRequests, Unauthorized
 
 from cdp.db import db, utcnow
@@ -132,44 +130,8 @@ def _parsed_limits(value: str) -> tuple:
     return tuple(limits.parse_many(value))
 
 
-class LocalWindows:
-    """Fixed-window request counters of this process, for when the limiter has no shared storage.
-
-    limits' in-memory storage starts a timer thread to expire counters whenever the last one
-    ended, which under steady traffic is a thread per 10 ms window of requests (a third of
-    a single /v1/track's CPU, and latency while the thread starts). Counting here is the
-    same fixed-window rule without threads; with Redis, the limiter's storage is shared by
-    every process and is used instead.
-    """
-
-    def __init__(self):
-        self._counts: dict[tuple, tuple[int, int]] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, item, key: str) -> tuple[bool, float]:
-        """Count one hit; (allowed, when the window resets as a UNIX time)."""
-        expiry = item.get_expiry()
-        now = time.time()
-        window = int(now // expiry)
-        with self._lock:
-            start, count = self._counts.get((item, key), (window, 0))
-            if start != window:
-                count = 0
-                if len(self._counts) > 10_000:  # old windows of idle sources
-                    self._counts.clear()
-            self._counts[(item, key)] = (window, count + 1)
-        return count + 1 <= item.amount, (window + 1) * expiry
-
-
-_local_windows = LocalWindows()
-
-
 def _hit(items, source_id: str) -> tuple[list, float]:
     """The limits ``source_id`` is over after this hit, and when the last of them resets."""
-    if isinstance(limiter.storage, MemoryStorage):
-        results = [(item, *_local_windows.hit(item, source_id)) for item in items]
-        breached = [(item, reset) for item, allowed, reset in results if not allowed]
-        return [b[0] for b in breached], max((b[1] for b in breached), default=0.0)
     strategy = limiter.limiter
     breached = [item for item in items if not strategy.hit(item, RATE_SCOPE, source_id)]
     if not breached:

@@ -12,6 +12,7 @@ from cdp.actors import SYSTEM
 from cdp.consent import has_consent, set_consent
 from cdp.db import db
 from cdp.loyalty import partners
+from cdp.loyalty.settle import settle_redemptions
 from cdp.models import AuditEntry, Event, Identity, Profile
 from cdp.models.loyalty import Member, MemberSync, PartnerKey, Redemption
 from tests.conftest import make_user
@@ -270,6 +271,8 @@ def test_lookup_redeem_and_void(loyalty):
         c.post(f"/api/v1/partner/coupons/{code}/redeem", json=redeem, headers=h).status_code == 201
     )
     with loyalty.app.app_context():
+        # Redemptions' events follow in batches (the loyalty-events job); a void settles first.
+        assert settle_redemptions() == 1
         names = db.session.scalars(
             sa.select(Event.name).where(Event.profile_id == profile_id).order_by(Event.id)
         ).all()

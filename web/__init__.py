@@ -63,7 +63,7 @@ def init_app(app: Flask) -> None:
     """Wire extensions, blueprints and handlers onto the app."""
     app.url_map.converters["int"] = DatabaseId  # before any route is added
     _serve_assets_from_here(app)
-    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "memory://")
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "cdp-memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     if app.config.get("PRODUCTION"):
         app.config.setdefault("STRICT_TRANSPORT_SECURITY", "max-age=31536000; includeSubDomains")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -16,6 +17,13 @@ from cdp.models import Event, Identity, Merge, Profile
 from cdp.profiles import decrypt_profile_pii, name_index
 
 _CHUNK = 500
+# Areas that keep their own per-profile state put it back too (loyalty: points lots).
+UNMERGE_HOOKS: dict[str, Callable] = {}
+
+
+def register_unmerge_hook(name: str, fn: Callable) -> None:
+    """``fn(session, merge, actor)`` runs in the unmerge transaction, after the split."""
+    UNMERGE_HOOKS[name] = fn
 
 
 def merge_history(profile_id: int) -> list[Merge]:
@@ -99,6 +107,8 @@ def unmerge(actor: Actor, profile_id: int, merge_id: int | None = None) -> Merge
             survivor.last_seen_at = _parse(before.get("last_seen_at"))
             survivor.name_index = _name_index_of(survivor)
         merged.merged_into_id = None
+        for hook in UNMERGE_HOOKS.values():
+            hook(session, merge, actor)
         survivor.updated_at = merged.updated_at = utcnow()
         merge.undone_at = utcnow()
         merge.undone_by_id = actor.user_id

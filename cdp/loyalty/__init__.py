@@ -11,6 +11,7 @@ audit row. Modules:
 * ``points``/``accounts``/``ledger``: the points ledger, expiry, reconciliation;
 * ``tasks``: background syncs and the expiry job;
 * ``privacy``: the person's loyalty data in exports and erasures;
+* ``unmerge``: undoing a merge gives each person back their own points;
 * ``demo``: demo partners and activity (``cdp loyalty seed-demo``).
 """
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from cdp.loyalty import privacy, syncs, tasks
+from cdp.identity.merges import register_unmerge_hook
+from cdp.loyalty import privacy, syncs, tasks, unmerge
 from cdp.loyalty.common import DEFAULTS, LOYALTY_SOURCE_KIND
 from cdp.loyalty.consents import watch_consent_withdrawals
 from cdp.privacy.erasure import register_erasure_hook
@@ -48,5 +50,6 @@ def init_app(app: Flask) -> None:
     watch_consent_withdrawals()
     register_export_section("loyalty", privacy.export_section)
     register_erasure_hook("loyalty", privacy.erase)
+    register_unmerge_hook("loyalty", unmerge.split_points)
     for column in syncs.ENCRYPTED_COLUMNS:
         register_encrypted_column(column)

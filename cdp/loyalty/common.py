@@ -232,7 +232,8 @@ def loyalty_source_id() -> str:
 def emit_events(events: list[dict], at: datetime | None = None) -> int | None:
     """Store events on profiles in the caller's transaction, with their outbox row.
 
-    Each event is ``{"profile_id", "name", "message_id", "properties"}``; the message id
+    Each event is ``{"profile_id", "name", "message_id", "properties"}`` (and optionally
+    ``at``, when it happened, if not now); the message id
     makes a retried operation store it once. Returns the outbox id to ``hand_off`` after
     the commit (journeys and segments see the events through the usual processors).
     """
@@ -247,7 +248,7 @@ def emit_events(events: list[dict], at: datetime | None = None) -> int | None:
             "profile_id": e["profile_id"],
             "type": "track",
             "name": e["name"],
-            "timestamp": at,
+            "timestamp": e.get("at") or at,
             "received_at": at,
             "properties": e.get("properties") or {},
             "context": {"channel": "loyalty"},
@@ -277,7 +278,7 @@ _last_hand_off = 0.0
 HAND_OFF_EVERY = 0.25  # seconds; the loyalty-events periodic job catches the tail of a burst
 
 
-def hand_off(outbox_id: int | None) -> None:
+def hand_off(outbox_id: int | None) -> None:  # or any id of work the job picks up
     """After the commit: have the committed event batches processed (journeys, segments).
 
     Enqueuing one job per operation would cost more than the operation; instead a job that

@@ -7,10 +7,13 @@ always comes from the authenticated key, never from a header or a parameter.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -29,6 +32,10 @@ _CODE = re.compile(r"^[a-z][a-z0-9_]{1,31}$")
 _STORE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 # Writing last_used_at on every call would add a write to every till request.
 _TOUCH_EVERY = timedelta(minutes=5)
+# Keys this process authenticated lately: a till request then needs no key lookup. Rotation
+# and suspension clear the cache of the process that makes them at once; other processes
+# stop accepting a revoked key within this many seconds.
+KEY_CACHE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ def rotate_key(actor: Actor, partner_id: int, grace_minutes: int = 0) -> tuple[P
         )
         raw = _issue_key(session, partner.id)
         audit.record(actor, "partner.rotate_key", "partner", partner.id, grace=grace_minutes)
+    key_cache.clear()
     return partner, raw
 
 
@@ -108,14 +116,67 @@ def set_status(actor: Actor, partner_id: int, status: str) -> Partner:
         partner = get_partner(partner_id)
         partner.status = status
         audit.record(actor, "partner.status", "partner", partner.id, status=status)
+    key_cache.clear()
     return partner
 
 
-def authenticate_key(raw: str) -> PartnerKey | None:
-    """The live key of an active partner for ``raw``, or None (constant-time comparison)."""
+@dataclass(frozen=True)
+class KeyGrant:
+    """What an authenticated partner key grants: its id and the partner (the tenant)."""
+
+    id: int
+    partner_id: int
+    revoked_at: datetime | None = None
+
+
+class _KeyCache:
+    """Grants by (database, SHA-256 of the presented key): the raw key is never kept."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.grants: dict[tuple[str, bytes], tuple[float, KeyGrant]] = {}
+
+    @staticmethod
+    def slot(raw: str) -> tuple[str, bytes]:
+        return str(db.engine.url), hashlib.sha256(raw.encode()).digest()
+
+    def get(self, slot) -> KeyGrant | None:
+        found = self.grants.get(slot)
+        if found is None or found[0] < time.monotonic():
+            return None
+        grant = found[1]
+        if grant.revoked_at is not None and grant.revoked_at <= utcnow():
+            return None  # a grace period ran out
+        return grant
+
+    def put(self, slot, grant: KeyGrant) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if len(self.grants) > 1000:
+                self.grants = {k: v for k, v in self.grants.items() if v[0] >= now}
+            self.grants[slot] = (now + KEY_CACHE_SECONDS, grant)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.grants.clear()
+
+
+key_cache = _KeyCache()
+
+
+def authenticate_key(raw: str) -> KeyGrant | None:
+    """The grant of a live key of an active partner for ``raw``, or None.
+
+    Looked up by its public prefix and compared in constant time; the answer is cached
+    for ``KEY_CACHE_SECONDS`` per process.
+    """
     prefix = match_secret(raw, PARTNER_KEY_PREFIX)
     if prefix is None:
         return None
+    slot = key_cache.slot(raw)
+    grant = key_cache.get(slot)
+    if grant is not None:
+        return grant
     row = db.session.execute(
         sa.select(PartnerKey, Partner.status)
         .join(Partner, Partner.id == PartnerKey.partner_id)
@@ -130,7 +191,9 @@ def authenticate_key(raw: str) -> PartnerKey | None:
     if key.last_used_at is None or now - key.last_used_at > _TOUCH_EVERY:
         with transaction():
             key.last_used_at = now
-    return key
+    grant = KeyGrant(key.id, key.partner_id, key.revoked_at)
+    key_cache.put(slot, grant)
+    return grant
 
 
 def get_partner(partner_id: int) -> Partner:

@@ -161,7 +161,12 @@ def _check_hcp_cap(session, profile: Profile, account: PointAccount, points: int
     )
     awarded_line = sa.or_(
         PointEntry.kind == "earn",
-        sa.and_(PointEntry.kind == "adjust", PointEntry.points > 0, PointEntry.rule != "merge"),
+        # Points moved by a merge or its undo were awarded once already.
+        sa.and_(
+            PointEntry.kind == "adjust",
+            PointEntry.points > 0,
+            PointEntry.rule.not_in(("merge", "unmerge")),
+        ),
         sa.and_(PointEntry.kind == "reverse", PointEntry.points < 0),
     )
     awarded = session.scalar(

@@ -2,7 +2,9 @@
 
 Exactly-once redemption is a guarded ``UPDATE … SET status='redeemed' WHERE id = :id AND
 status = 'issued'``: whichever transaction's update matches the row wins, every other one
-sees zero rows and answers 409, on SQLite and PostgreSQL alike.
+sees zero rows and answers 409, on SQLite and PostgreSQL alike. The winner writes only the
+redemption row; its event, feed change and audit record follow in batches
+(``cdp.loyalty.settle``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cdp.loyalty.common import (
 )
 from cdp.loyalty.coupons import coupon_event, load_for_partner, parse_code
 from cdp.loyalty.partners import PartnerActor, require_store
+from cdp.loyalty.settle import settle_redemptions
 from cdp.models.loyalty import Coupon, CouponCampaign, Redemption
 
 
@@ -88,8 +91,10 @@ def redeem(
     if campaign.store_codes and store_code not in campaign.store_codes:
         raise ValidationFailed("the coupon is not valid at this store", "store_code")
     now = utcnow()
-    if coupon.status == "issued":
-        _check_usable(coupon, campaign, now, amount, product_codes)
+    if coupon.status != "issued":
+        # Already used or expired when read (a committed state): no need for the write lock.
+        raise _why_not_redeemable(coupon, campaign, actor.partner_id)
+    _check_usable(coupon, campaign, now, amount, product_codes)
     with transaction() as session:
         begin_write(session)
         won = session.execute(
@@ -111,27 +116,15 @@ def redeem(
             )
             .returning(Redemption.__table__.c.id)
         )  # fmt: skip
-        outbox = emit_events(
-            [
-                coupon_event(
-                    coupon, campaign, "coupon_redeemed", str(redemption_id),
-                    partner_id=actor.partner_id, store_code=store_code, amount=amount,
-                    discount=discount,
-                )
-            ]
-        )  # fmt: skip
-        record_change(coupon.profile_id, "coupon_redeemed", {"coupon_id": coupon.id})
-        audit.record(
-            actor, "coupon.redeem", "coupon", coupon.id, redemption=redemption_id, store=store_code
-        )
         coupon_id, campaign_id = coupon.id, campaign.id
+    # The event, the partners' change and the audit row follow in batches (cdp.loyalty.settle).
     # Built from what was written, so the answer needs no second round trip.
     redemption = Redemption(
         id=redemption_id, coupon_id=coupon_id, campaign_id=campaign_id,
         partner_id=actor.partner_id, store_code=store_code, order_id=order_id,
         amount=amount, discount=discount, redeemed_at=now, voided_at=None,
     )  # fmt: skip
-    hand_off(outbox)
+    hand_off(redemption_id)
     return redemption, code
 
 
@@ -144,6 +137,7 @@ def void_redemption(
 ) -> tuple[Redemption, Coupon]:
     """Undo one of this partner's redemptions within the window; the coupon is usable again."""
     require(actor, "partner:api")
+    settle_redemptions()  # the redemption's own event and change come before the void's
     with transaction() as session:
         begin_write(session)
         redemption = session.get(Redemption, redemption_id)

@@ -1,4 +1,4 @@
-"""Background work of the loyalty domain: member syncs, and the expiry of coupons and points.
+"""Background work of the loyalty domain: member syncs, settling redemptions, expiry.
 
 Tasks take ids and are idempotent: a sync resumes after its last saved chunk, and expiry
 only touches what is still due.
@@ -14,6 +14,7 @@ from cdp.ingest.tasks import process_batch
 from cdp.loyalty.common import pending_batches
 from cdp.loyalty.ledger import expire_points
 from cdp.loyalty.redemptions import expire_coupons
+from cdp.loyalty.settle import settle_redemptions
 from cdp.loyalty.syncs import run_sync, stale_syncs
 from cdp.queue import PeriodicJob, enqueue, task, tasks
 
@@ -30,7 +31,8 @@ EVENTS_JOB = PeriodicJob(
 
 @task
 def hand_off_events() -> int:
-    """Enqueue processing of every committed loyalty event batch not enqueued yet."""
+    """Settle new redemptions, then enqueue every committed loyalty event batch not yet enqueued."""
+    settle_redemptions()
     ids = pending_batches()
     if ids:
         tasks().enqueue_many(process_batch, [(i,) for i in ids], queue="ingest")
