@@ -6,7 +6,9 @@ registry, so the core never imports the connectors that extend it.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import time
 from collections.abc import Callable, Mapping
 
 import jsonschema
@@ -40,6 +42,18 @@ class SourceKind:
 
     def endpoint_urls(self, base_url: str, source: Source) -> dict[str, str]:
         return {}
+
+    # Pull connectors override these three: the UI's "Sync now" button uses them.
+    def can_pull(self, source: Source) -> bool:
+        return False
+
+    def start_pull(self, actor: Actor, source: Source):
+        """Queue a pull of ``source`` now (audited); returns its JobRun."""
+        raise ValidationFailed(f"sources of kind {self.name} are pushed to, not pulled", "kind")
+
+    def latest_pull(self, source: Source):
+        """The newest JobRun pulling ``source`` (on demand or scheduled), or None."""
+        return None
 
 
 SOURCE_KINDS: dict[str, SourceKind] = {}
@@ -170,6 +184,7 @@ def update_source(
             enabled=source.enabled,
             default_profile_kind=default_profile_kind,
         )
+    forget_write_keys()
     return source
 
 
@@ -201,14 +216,35 @@ def list_sources() -> list[Source]:
     return list(db.session.scalars(sa.select(Source).order_by(Source.created_at)))
 
 
+# Write keys recently matched to an enabled source, per process: the tracking API looks
+# one up on every call, and the query cost a fifth of a single /v1/track. A change made in
+# this process clears it; other processes see a rotated key or a disabled source within
+# WRITE_KEY_CACHE_SECONDS.
+WRITE_KEY_CACHE_SECONDS = 2.0
+_by_write_key: dict[bytes, tuple[float, Source]] = {}
+
+
+def forget_write_keys() -> None:
+    _by_write_key.clear()
+
+
 def source_for_write_key(write_key: str) -> Source | None:
-    """The enabled source whose write key this is, or None."""
+    """The enabled source whose write key this is, or None (a detached, read-only Source)."""
+    digest = hashlib.sha256(write_key.encode()).digest()
+    now = time.monotonic()
+    cached = _by_write_key.get(digest)
+    if cached is not None and cached[0] > now:
+        return cached[1]
     prefix = match_secret(write_key, WRITE_KEY_PREFIX)
     if prefix is None:
         return None
     source = db.session.scalar(sa.select(Source).where(Source.write_key_prefix == prefix))
     if source is None or not source.enabled or not secret_matches(write_key, source.write_key_hash):
         return None
+    db.session.expunge(source)
+    if len(_by_write_key) > 1000:
+        _by_write_key.clear()
+    _by_write_key[digest] = (now + WRITE_KEY_CACHE_SECONDS, source)
     return source
 
 
@@ -224,6 +260,7 @@ def rotate_write_key(actor: Actor, source_id: str) -> tuple[Source, str]:
         source.write_key_prefix = prefix
         source.write_key_hash = digest
         audit.record(actor, "source.rotate_key", "source", source.id)
+    forget_write_keys()
     return source, write_key
 
 

@@ -1,14 +1,16 @@
-"""``cdp sources …``: create and list data sources."""
+"""``cdp sources …``: create and list data sources, set their tracking plans."""
 
 from __future__ import annotations
 
 import click
+import orjson
 from flask import current_app
 from flask.cli import with_appcontext
 
 from cdp.actors import SYSTEM
 from cdp.commands.output import domain_errors, emit
-from cdp.sources import create_source, endpoint_urls, list_sources
+from cdp.ingest.plans import set_tracking_plan
+from cdp.sources import create_source, endpoint_urls, get_source, list_sources
 
 
 def _parse_options(pairs: tuple[str, ...]) -> dict:
@@ -55,3 +57,26 @@ def list_command():
     for source in list_sources():
         state = "enabled" if source.enabled else "disabled"
         click.echo(f"{source.id}  {source.kind:<12} {state:<8} {source.name}")
+
+
+@sources_group.command("plan")
+@click.argument("source_id")
+@click.option("--file", "path", type=click.File("rb"), help="The plan as JSON ('-': stdin).")
+@click.option("--clear", is_flag=True, help="Remove the plan: every event is accepted.")
+@with_appcontext
+@domain_errors
+def plan_command(source_id, path, clear):
+    """Show, set (--file) or remove (--clear) a source's tracking plan."""
+    if path is not None and clear:
+        raise click.UsageError("give --file or --clear, not both")
+    if path is not None:
+        try:
+            plan = orjson.loads(path.read())
+        except orjson.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--file") from None
+        source = set_tracking_plan(SYSTEM, source_id, plan)
+    elif clear:
+        source = set_tracking_plan(SYSTEM, source_id, None)
+    else:
+        source = get_source(source_id)
+    click.echo(orjson.dumps(source.tracking_plan, option=orjson.OPT_INDENT_2).decode())

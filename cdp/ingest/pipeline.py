@@ -24,7 +24,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import jsonschema
 import orjson
 import sqlalchemy as sa
 
@@ -33,6 +32,7 @@ from cdp.db import db, lock_for_writing, utcnow
 from cdp.exceptions import Unavailable
 from cdp.identity.blocklist import current_blocklist
 from cdp.identity.resolver import Resolver, StaleRead
+from cdp.ingest import plans
 from cdp.ingest.messages import Candidate, Preparer, Rejected
 from cdp.ingest.tasks import hand_off
 from cdp.models import Event, InboundBatch, OutboxBatch, Source, Violation
@@ -102,24 +102,6 @@ class Prepared:
     violations: list[dict]
     rejected: list[dict]
     flagged: int
-
-
-def _plan_check(plan: dict | None, candidate: Candidate) -> tuple[str, str] | None:
-    """(field, reason) if the event breaks the source's tracking plan, else None."""
-    if not plan or candidate.type != "track":
-        return None
-    schema = (plan.get("events") or {}).get(candidate.name)
-    if schema is None:
-        return ("event", f"'{candidate.name}' is not in the tracking plan")
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema).iter_errors(
-            candidate.message.get("properties") or {}
-        )
-    )
-    if error is None:
-        return None
-    path = ".".join(["properties", *[str(p) for p in error.absolute_path]])
-    return (path, error.message)
 
 
 def _violation(source: Source, received_at, index, message, field_, reason, rejected) -> dict:
@@ -224,7 +206,7 @@ def prepare(
                 _violation(source, received_at, index, message, bad.field, bad.reason, True)
             )
             continue
-        problem = _plan_check(plan, candidate) if mode != "allow" else None
+        problem = plans.check(plan, candidate) if mode != "allow" else None
         if problem and mode == "block":
             prepared.rejected.append({"index": index, "field": problem[0], "reason": problem[1]})
             prepared.violations.append(

@@ -324,3 +324,14 @@ class ViolationPageSchema(PageSchema):
 class RotatedKeySchema(Schema):
     id = fields.String()
     write_key = fields.String(metadata={"description": "shown once; the old key stops working"})
+
+
+class TrackingPlanSchema(Schema):
+    plan = fields.Dict(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": '{"mode": "allow|flag|block", "events": {"<name>": <JSON Schema of '
+            "its properties>}}; null removes the plan (cdp/ingest/tracking_plan.schema.json)"
+        },
+    )

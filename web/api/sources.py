@@ -1,18 +1,25 @@
-"""/api/v1/sources: list (with stats), create, and rotate the write key of data sources."""
+"""/api/v1/sources: list (with stats), create, rotate the write key, and tracking plans."""
 
 from flask import current_app
 from flask.views import MethodView
 
+from cdp.ingest.plans import set_tracking_plan
 from cdp.sources import (
     create_source,
     endpoint_urls,
+    get_source,
     list_sources,
     masked_options,
     rotate_write_key,
     source_stats,
 )
 from web.api.auth import api_blueprint, api_requires
-from web.api.schemas import RotatedKeySchema, SourceCreatedSchema, SourceSchema
+from web.api.schemas import (
+    RotatedKeySchema,
+    SourceCreatedSchema,
+    SourceSchema,
+    TrackingPlanSchema,
+)
 from web.session_auth import current_actor
 
 bp = api_blueprint("sources", __name__, "Data sources")
@@ -68,3 +75,20 @@ class RotateKey(MethodView):
         """Issue a new write key (returned once); the old key stops working immediately."""
         source, write_key = rotate_write_key(current_actor(), source_id)
         return {"id": source.id, "write_key": write_key}
+
+
+@bp.route("/<source_id>/tracking-plan")
+class TrackingPlan(MethodView):
+    @api_requires("sources:view")
+    @bp.response(200, TrackingPlanSchema)
+    def get(self, source_id):
+        """The source's tracking plan (null: none, every event is accepted)."""
+        return {"plan": get_source(source_id).tracking_plan}
+
+    @api_requires("sources:edit")
+    @bp.arguments(TrackingPlanSchema)
+    @bp.response(200, TrackingPlanSchema)
+    def put(self, data, source_id):
+        """Set (or with null remove) the tracking plan; the API applies it within seconds."""
+        source = set_tracking_plan(current_actor(), source_id, data["plan"])
+        return {"plan": source.tracking_plan}
