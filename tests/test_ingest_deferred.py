@@ -229,3 +229,43 @@ _identifier_fields = st.fixed_dictionaries(
 def test_the_ack_time_check_rejects_exactly_what_resolving_would_reject(app_ctx, message):
     preparer = Preparer(vault(), current_blocklist(), utcnow())
     assert _outcome(preparer.check, message) == _outcome(preparer.prepare, message)
+
+
+def test_batches_stored_together_keep_their_own_received_at(deferred_app, source):
+    client = deferred_app.test_client()
+    for n in range(3):
+        post(client, "/v1/batch", {"batch": [track(messageId=f"g{n}")]}, source.write_key)
+    with deferred_app.app_context():
+        received = dict(
+            db.session.execute(sa.select(InboundBatch.id, InboundBatch.received_at)).all()
+        )
+        db.session.execute(
+            sa.update(InboundBatch)
+            .where(InboundBatch.id == min(received))
+            .values(received_at=utcnow() - timedelta(hours=1))
+        )
+        db.session.commit()
+        assert inbound.resolve_pending() == 3
+        stored = dict(db.session.execute(sa.select(Event.message_id, Event.received_at)).all())
+    assert (stored["g1"] - stored["g0"]) > timedelta(minutes=59)
+    assert abs(stored["g2"] - stored["g1"]) < timedelta(minutes=1)
+
+
+def test_one_bad_batch_does_not_hold_back_the_others_stored_with_it(
+    deferred_app, source, monkeypatch
+):
+    client = deferred_app.test_client()
+    for n in range(3):
+        post(client, "/v1/batch", {"batch": [track(messageId=f"b{n}")]}, source.write_key)
+    real = pipeline.prepare
+
+    def fails_on_b1(source, messages, *args, **kwargs):
+        if any(m.get("messageId") == "b1" for m in messages):
+            raise RuntimeError("a bug tripped by one batch")
+        return real(source, messages, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "prepare", fails_on_b1)
+    with deferred_app.app_context():
+        assert inbound.resolve_pending() == 3
+        assert inbound.pending_count() == 1  # b1 keeps its claim, retried after CLAIM_TTL
+    assert sorted(e.message_id for e in events(deferred_app)) == ["b0", "b2"]

@@ -49,6 +49,7 @@ class Candidate:
     kind: str | None = None
     notes: list[tuple[str, str]] = field(default_factory=list)  # (field, reason) to flag
     profile_id: int | None = None
+    received_at: datetime | None = None  # when it differs from its batch's (grouped batches)
 
 
 @cache

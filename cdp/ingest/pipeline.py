@@ -297,7 +297,7 @@ def _store(
             "type": c.type,
             "name": c.name,
             "timestamp": c.timestamp,
-            "received_at": received_at,
+            "received_at": c.received_at or received_at,
             "properties": c.properties,
             "context": c.context,
         }

@@ -61,17 +61,24 @@ def _pairs(identifiers: list[Identifier]) -> list[tuple[str, str]]:
     return [(i.type, tombstone_hash(i.type, i.namespace, i.value)) for i in identifiers]
 
 
+# One type at a time: SQLite answers a row-value IN over (type, hash) by scanning the table,
+# and "type = ? AND hash IN (...)" through the unique index. Built once.
+_HASHES_OF_TYPE = sa.select(Tombstone.value_hash).where(
+    Tombstone.identifier_type == sa.bindparam("b_type"),
+    Tombstone.value_hash.in_(sa.bindparam("b_hashes", expanding=True)),
+)
+
+
 def _tombstoned(pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    by_type: dict[str, list[str]] = {}
+    for type_, value_hash in pairs:
+        by_type.setdefault(type_, []).append(value_hash)
     found: set[tuple[str, str]] = set()
-    for start in range(0, len(pairs), 500):
-        rows = db.session.execute(
-            sa.select(Tombstone.identifier_type, Tombstone.value_hash).where(
-                sa.tuple_(Tombstone.identifier_type, Tombstone.value_hash).in_(
-                    pairs[start : start + 500]
-                )
-            )
-        )
-        found |= {(t, h) for t, h in rows}
+    for type_, hashes in by_type.items():
+        hashes = sorted(set(hashes))
+        for start in range(0, len(hashes), 500):
+            params = {"b_type": type_, "b_hashes": hashes[start : start + 500]}
+            found |= {(type_, h) for h in db.session.scalars(_HASHES_OF_TYPE, params)}
     return found
 
 
@@ -116,6 +123,8 @@ def filter_batch(candidates: list) -> tuple[list, int]:
     A candidate that re-consents is kept and its identifiers' tombstones are deleted in the
     caller's (the batch's) transaction. One SELECT per batch; a DELETE only on a re-consent.
     """
+    if not candidates or not any_tombstones():  # nobody was ever erased: skip the hashing
+        return candidates, 0
     pairs = [_pairs(c.identifiers) for c in candidates]
     hits = _tombstoned([p for group in pairs for p in group])
     if not hits:
