@@ -70,6 +70,16 @@ def _why_not_redeemable(coupon: Coupon, campaign: CouponCampaign, partner_id: in
     return Conflict(f"coupon cannot be redeemed (campaign {campaign.status})", "code")
 
 
+# Built once (see coupons._FOR_PARTNER). The guarded UPDATE decides who wins a race.
+_COUPONS = Coupon.__table__
+_CLAIM = (
+    sa.update(_COUPONS)
+    .where(_COUPONS.c.id == sa.bindparam("b_id"), _COUPONS.c.status == "issued")
+    .values(status="redeemed", redeemed_at=sa.bindparam("b_now"))
+)
+_INSERT_REDEMPTION = sa.insert(Redemption.__table__).returning(Redemption.__table__.c.id)
+
+
 def redeem(
     actor: PartnerActor,
     code_text: str,
@@ -97,25 +107,20 @@ def redeem(
     _check_usable(coupon, campaign, now, amount, product_codes)
     with transaction() as session:
         begin_write(session)
-        won = session.execute(
-            sa.update(Coupon)
-            .where(Coupon.id == coupon.id, Coupon.status == "issued")
-            .values(status="redeemed", redeemed_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        connection = session.connection()
+        won = connection.execute(_CLAIM, {"b_id": coupon.id, "b_now": now}).rowcount
         if won != 1:
             session.refresh(coupon)
             raise _why_not_redeemable(coupon, campaign, actor.partner_id)
         discount = _discount(campaign, amount)
-        redemption_id = session.scalar(
-            sa.insert(Redemption.__table__)
-            .values(
+        redemption_id = connection.execute(
+            _INSERT_REDEMPTION,
+            dict(
                 coupon_id=coupon.id, campaign_id=campaign.id, partner_id=actor.partner_id,
                 store_code=store_code, order_id=order_id, amount=amount, discount=discount,
                 redeemed_at=now, void_reason="",
-            )
-            .returning(Redemption.__table__.c.id)
-        )  # fmt: skip
+            ),
+        ).scalar_one()  # fmt: skip
         coupon_id, campaign_id = coupon.id, campaign.id
     # The event, the partners' change and the audit row follow in batches (cdp.loyalty.settle).
     # Built from what was written, so the answer needs no second round trip.
