@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, g
+from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import Forbidden, NotFound, ServiceUnavailable
 
 from cdp.db import db, utcnow
@@ -21,6 +21,7 @@ from cdp.models import Source
 from cdp.sources import source_options
 from connectors import health
 from connectors.http_body import http_error
+from web.extensions import limiter
 
 log = logging.getLogger(__name__)
 RETRY_AFTER = "2"
@@ -188,3 +189,13 @@ def external_id(type_: str, value, collection: str | None = None) -> dict:
     if collection:
         ext["collection"] = collection
     return ext
+
+
+@limiter.request_filter
+def _limited_per_source() -> bool:
+    """Machine endpoints are limited per source (tracking API) or not at all, not per route.
+
+    flask-limiter otherwise walks its route limits on every request: a tenth of a WeChat
+    push's CPU for nothing, since no limit is declared on these blueprints.
+    """
+    return request.path.startswith(("/v1/", "/connectors/"))

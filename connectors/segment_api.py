@@ -274,12 +274,3 @@ def _cors(response: Response) -> Response:
     )
     response.headers["Access-Control-Max-Age"] = "86400"
     return response
-
-
-@limiter.request_filter
-def _not_by_flask_limiter() -> bool:
-    """The tracking API is limited per source (``check_source_rate_limit``), not per route.
-
-    Letting flask-limiter skip it at once saves its per-request walk over route limits.
-    """
-    return request.blueprint == bp.name
