@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/seed_bench.py [--patients 100000] [--doctors N] [--seed 42]
 
-The target: 100k patients (about a million events) in a few minutes on a 2-core box.
+The target: 100k patients (about a million events) in a few minutes on a 2-core box. The
+channel events are built as provider payloads and parsed by the connectors (cdp.seed.wire),
+so "generating rows" includes that; see docs/connectors.md, Demo data.
 """
 
 from __future__ import annotations

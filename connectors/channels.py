@@ -7,6 +7,7 @@ from __future__ import annotations
 from flask import Flask
 
 from cdp.queue import register_periodic
+from cdp.seed import wire as seed_wire
 from cdp.sources import register_kind
 from connectors import (
     cli,
@@ -16,6 +17,7 @@ from connectors import (
     livestream,
     miniprogram,
     pos,
+    pulls,
     sms_reports,
     wechat,
     wechat_pull,
@@ -25,10 +27,10 @@ from connectors import (
 
 def init_app(app: Flask) -> None:
     for kind in (
-        wechat.WechatSourceKind(),
+        pulls.WechatPullKind(),
         miniprogram.MiniprogramSourceKind(),
         pos.PosSourceKind(),
-        ecommerce.EcommerceSourceKind(),
+        pulls.EcommercePullKind(),
         sms_reports.SmsSourceKind(),
         livestream.LivestreamSourceKind(),
     ):
@@ -46,4 +48,4 @@ def init_app(app: Flask) -> None:
     register_periodic(ecommerce_pull.PERIODIC)
     app.cli.add_command(cli.connectors_group)
     # For `cdp seed-demo` (cdp cannot import connectors): wire payloads through the parsers.
-    app.extensions["connectors.demo_wire"] = demo_wire
+    seed_wire.register(app, demo_wire)

@@ -11,6 +11,7 @@ from cdp.commands.output import domain_errors
 from cdp.db import db
 from cdp.exceptions import NotFound
 from cdp.models import Source
+from cdp.sources import get_kind
 from connectors import ecommerce_pull, wechat_pull
 from connectors.health import source_health
 
@@ -31,13 +32,11 @@ def sync(source_id, wait):
     source = db.session.get(Source, source_id)
     if source is None:
         raise NotFound("no such source", "source_id")
-    if source.kind == "wechat":
-        start, run = wechat_pull.start_follower_sync, wechat_pull.sync_followers
-    elif source.kind == "ecommerce":
-        start, run = ecommerce_pull.start_order_pull, ecommerce_pull.pull_orders
-    else:
+    runs = {"wechat": wechat_pull.sync_followers, "ecommerce": ecommerce_pull.pull_orders}
+    if source.kind not in runs:
         raise click.UsageError(f"sources of kind {source.kind} are pushed to, not pulled")
-    job = start(SYSTEM, source_id)
+    job = get_kind(source.kind).start_pull(SYSTEM, source)  # as "Sync now" does: audited
+    run = runs[source.kind]
     if wait:
         click.echo(orjson.dumps(run(source_id, job.id), default=str).decode())
     else:

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from cdp.actors import SYSTEM
 from cdp.db import db
 from cdp.models import Event, Source
+from cdp.seed import wire as seed_wire
 from cdp.sources import create_source
 from connectors import base, batcher, ecommerce, ecommerce_pull, miniprogram, pos, wechat
 from connectors.health import mask_payload, source_health
@@ -231,19 +232,27 @@ def test_one_bad_request_does_not_fail_its_batch_mates(app):
 def test_demo_wire_builds_provider_payloads_through_the_parsers(app):
     from datetime import UTC, datetime
 
-    wire = app.extensions["connectors.demo_wire"]
+    from cdp.seed.vocab import DRUG_BY_CODE
+
+    with app.app_context():
+        wire = seed_wire.registered()
     at = datetime(2025, 3, 1, 2, 0, tzinfo=UTC)
     follow = wire.wechat_push("wx1", OPENID, "subscribe", at, key="qrscene_HCP_7")
     assert follow["event"] == "subscribe" and follow["properties"]["qr_scene"] == "HCP_7"
-    sale = {"txn_no": "T1", "store_code": "S1", "txn_time": at.isoformat(), "member": {"card_no": "C1"},
-            "lines": [{"drug_code": "D001", "name": "阿托伐他汀", "qty": 1, "unit_price": 98.5,
-                       "days_of_supply": 30, "rx": True}]}  # fmt: skip
-    row = wire.event_row(wire.pos_sale("chain1", sale))
-    assert row["name"] == "pos_purchase" and row["properties"]["items"][0]["days_of_supply"] == 30
-    assert row["traits"] == {"refill_run_out_D001": "2025-03-31"}
-    order = {"tid": 7, "status": "TRADE_FINISHED", "payment": "10.00", "buyer_open_uid": "b1",
-             "modified": "2025-03-01 10:00:00"}  # fmt: skip
-    assert wire.shop_order("tmall", order)["event"] == "order_completed"
+    assert follow["context"]["campaign"]["name"] == "HCP_7"
+    text = wire.wechat_text("wx1", OPENID, at, 6789, "漏服了怎么办")
+    assert text["messageId"] == "wx:msg:6789" and text["properties"]["content"] == "漏服了怎么办"
+    statin = DRUG_BY_CODE["D001"]
+    sale = wire.pos_sale("chain1", "S1", "T1", at, {"card_no": "C1"}, [(statin, 2)])
+    assert (
+        sale["event"] == "pos_purchase" and sale["properties"]["items"][0]["days_of_supply"] == 60
+    )
+    assert sale["traits"] == {"refill_run_out_D001": "2025-04-30"}
+    for platform in ("tmall", "jd", "youzan"):
+        order = wire.shop_order(platform, "7001", at, "b1", [(statin, 1)], phone="13761234567")
+        assert order["event"] == "order_completed" and order["properties"]["total_cny"] == 98.5
+        assert order["properties"]["items"][0]["drug_code"] == "D001"
+        assert ("phone" in order.get("traits", {})) is (platform == "youzan")  # others mask it
     page = wire.miniprogram_event("wx2", "oMP", {"type": "page", "name": "首页", "messageId": "p1"})
     assert page["type"] == "page"
 

@@ -163,13 +163,62 @@ def test_events_reference_existing_profiles_and_matching_sources(app):
             assert (profile.first_seen_at, profile.last_seen_at) == (min(times), max(times))
             assert profile.created_at == profile.first_seen_at
             expected = PATIENT_TRAITS if profile.kind == "patient" else HCP_TRAITS
-            assert set(profile.traits) == expected
+            derived = set(profile.traits) - expected  # set by the channel events' traits
+            assert expected <= set(profile.traits)
+            assert all(k == "wechat_subscribed" or k.startswith("refill_run_out_") for k in derived)
         for identity in db.session.scalars(sa.select(Identity)):
             assert identity.source_id in kinds
         licences = db.session.scalars(
             sa.select(Identity.value_index).where(Identity.type == "hcp_license")
         ).all()
         assert len(licences) == DOCTORS and all(re.fullmatch(r"\d{15}", v) for v in licences)
+
+
+def test_channel_events_are_what_the_connectors_parsers_make_of_provider_payloads(app):
+    with app.app_context():
+        _seed(patients=PATIENTS, doctors=0)
+        by_name = defaultdict(list)
+        for event in db.session.scalars(sa.select(Event).order_by(Event.timestamp)):
+            by_name[event.name].append(event)
+        traits = dict(db.session.execute(sa.select(Profile.id, Profile.traits)).all())
+    # WeChat: a follow from a parametric QR code carries the scene as a campaign.
+    follows = by_name["subscribe"]
+    scanned = [e for e in follows if "qr_scene" in e.properties]
+    assert 0 < len(scanned) < len(follows)
+    for event in scanned:
+        scene = event.properties["qr_scene"]
+        assert event.context["campaign"] == {"source": "wechat", "medium": "qrcode", "name": scene}
+        assert event.properties["app_id"] == vocab.WECHAT_OA_APP_ID
+        assert event.message_id.startswith("wx:")  # the push's dedupe key: openid:CreateTime:…
+        assert event.context["externalIdTypes"] == ["wechat_openid"]
+        assert traits[event.profile_id]["wechat_subscribed"] is True
+    assert {e.properties["event_key"] for e in by_name["menu_click"]} <= set(vocab.MENU_CLICKS)
+    assert by_name["message_received"]
+    for event in by_name["message_received"]:
+        assert event.message_id.startswith("wx:msg:") and event.properties["msg_type"] == "text"
+    # POS: the upload's lines, and the refill forecast the parser derives per medicine.
+    forecast = {}
+    for event in by_name["pos_purchase"]:
+        props = event.properties
+        assert event.message_id == f"pos:{props['store_code']}:{props['txn_no']}"
+        assert props["partner"] == props["store_code"].split("-")[0].lower()
+        for item in props["items"]:
+            assert item["days_of_supply"] == item["qty"] * item["unit_days_of_supply"]
+            run_out = event.timestamp.astimezone(vocab.CST).date() + timedelta(
+                days=item["days_of_supply"]
+            )
+            forecast[(event.profile_id, item["drug_code"])] = run_out.isoformat()
+    assert len(forecast) > 50
+    for (profile_id, code), run_out in forecast.items():
+        assert traits[profile_id][f"refill_run_out_{code}"] == run_out  # the latest purchase's
+    # Shops: Youzan pushes and Tmall / JD exports, deduped per order like the endpoints.
+    orders = by_name["order_completed"]
+    assert {e.properties["platform"] for e in orders} == {"jd", "tmall", "youzan"}
+    for event in orders:
+        props = event.properties
+        assert event.message_id == f"{props['platform']}:{props['order_id']}:order_completed"
+    mini = [e for e in by_name["page_view"] if e.context["channel"] == "miniprogram"]
+    assert mini and all(e.message_id.startswith("mp:o") for e in mini)
 
 
 def test_rx_purchases_only_carry_rx_drugs_and_refills_follow_days_of_supply(app):
@@ -191,7 +240,7 @@ def test_rx_purchases_only_carry_rx_drugs_and_refills_follow_days_of_supply(app)
                 rx_lines += 1
             if drug.chronic:
                 bought[(profile_id, drug.code)].append((timestamp, item["days_of_supply"]))
-        total = sum(i["price"] * i["qty"] for i in properties["items"])
+        total = sum(i["unit_price"] * i["qty"] for i in properties["items"])
         assert properties["total_cny"] == pytest.approx(total)
     assert rx_lines > 100
     # A chronic patient comes back when the last purchase runs out, give or take.

@@ -10,12 +10,15 @@ import sqlalchemy as sa
 
 from cdp.actors import SYSTEM
 from cdp.db import db
-from cdp.models import AuditEntry, Source
+from cdp.models import AuditEntry, JobRun, Source
 from cdp.sources import create_source, get_source, source_options
+from connectors import wechat_api, wechat_pull
 from connectors.models import ConnectorCursor
+from connectors.wechat_api import WechatClient
 from tests import test_browser
 from tests.conftest import TEST_PASSWORD, csrf_token_from, make_user
 from tests.test_connector_wechat import APP_ID, OPENID, event_xml, plain_query
+from tests.test_connector_wechat_pull import Stub
 from tests.test_profiles_ui import untranslated
 from tests.test_ui import Page, _html
 
@@ -224,6 +227,89 @@ def test_marketer_sees_health_but_no_edit(app, client, auth, admin):
     assert client.post(f"/sources/{source_id}/edit", data=edit).status_code == 403
     with app.app_context():
         assert get_source(source_id).name == "门店"
+
+
+def text_of_testid(html: str, testid: str) -> str:
+    return re.search(rf'data-testid="{testid}"[^>]*>([^<]*)<', html).group(1).strip()
+
+
+@pytest.fixture
+def followers_stub(httpserver, monkeypatch):
+    """The WeChat API on a local server (twelve followers), with no back-off sleeps."""
+    Stub().install(httpserver)
+    monkeypatch.setattr(wechat_pull, "PAGE_SIZE", 5)  # the stub's page size
+
+    def client(*args, **kwargs):
+        kwargs.update(sleep=lambda seconds: None, timeout=0.25, rate_per_second=0)
+        return WechatClient(*args, **kwargs)
+
+    monkeypatch.setattr(wechat_pull, "client_factory", client)
+    wechat_api.forget_tokens()
+    yield httpserver
+    wechat_api.forget_tokens()
+
+
+def test_sync_now_queues_an_audited_pull_and_the_page_follows_the_job(
+    app, client, auth, admin, followers_stub
+):
+    options = {"app_id": APP_ID, "token": TOKEN, "app_secret": APP_SECRET}
+    options["api_base"] = followers_stub.url_for("").rstrip("/")
+    with app.app_context():
+        source_id = create_source(SYSTEM, "服务号", "wechat", options)[0].id
+        pos_id = create_source(SYSTEM, "门店", "pos", {"partner": "DFYF", "secret": POS_SECRET})[
+            0
+        ].id
+    auth.login()
+    page = _html(client.get(f"/sources/{source_id}"))
+    assert 'data-testid="sync-now"' in page and 'data-testid="sync-job"' not in page
+    assert 'data-testid="sync"' not in _html(client.get(f"/sources/{pos_id}"))  # pushed to
+    assert client.post(f"/sources/{source_id}/sync").status_code == 400  # no CSRF token
+    token = csrf_token_from(page)
+    response = client.post(f"/sources/{source_id}/sync", data={"csrf_token": token})
+    assert response.status_code == 302 and response.location.endswith(f"/sources/{source_id}#sync")
+    with app.app_context():
+        job = db.session.scalar(sa.select(JobRun))
+        entry = db.session.scalar(sa.select(AuditEntry).where(AuditEntry.action == "source.sync"))
+        assert (job.kind, job.status, job.params) == (
+            "wechat_follower_sync",
+            "queued",
+            {"source_id": source_id},
+        )
+        assert (entry.object_id, entry.actor_id, entry.details["job_id"]) == (
+            source_id,
+            str(admin),
+            job.id,
+        )
+    queued = _html(client.get(f"/sources/{source_id}"))
+    assert f"同步已排队，任务编号 {job.id}。" in Page(queued).texts
+    assert text_of_testid(queued, "sync-status") == "排队中"
+    assert re.search(r'data-testid="sync-now" disabled', queued)  # one run at a time
+    assert not untranslated(app, Page(queued))
+    with app.app_context():  # what the worker does with the queued job
+        assert wechat_pull.sync_followers(source_id, job.id)["status"] == "done"
+    done = _html(client.get(f"/sources/{source_id}"))
+    assert text_of_testid(done, "sync-status") == "成功"
+    assert text_of_testid(done, "sync-progress") == "12 / 12"
+    assert re.search(r'data-testid="sync-now" >', done)  # a finished run may be followed by another
+    refused = client.post(f"/sources/{pos_id}/sync", data={"csrf_token": token})
+    assert refused.status_code == 302
+    assert "无法同步此数据源" in _html(client.get(f"/sources/{pos_id}"))
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(JobRun)) == 1
+
+
+def test_sync_now_needs_permission_to_edit_sources(app, client, auth, followers_stub):
+    options = {"app_id": APP_ID, "token": TOKEN, "app_secret": APP_SECRET, "api_base": "http://x"}
+    with app.app_context():
+        source_id = create_source(SYSTEM, "服务号", "wechat", options)[0].id
+    make_user(app, "marketer")
+    auth.login("marketer@test.cn")
+    html = _html(client.get(f"/sources/{source_id}"))
+    assert 'data-testid="sync"' in html and 'data-testid="sync-now"' not in html
+    response = client.post(f"/sources/{source_id}/sync", data={"csrf_token": csrf_token_from(html)})
+    assert response.status_code == 403
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(JobRun)) == 0
 
 
 @pytest.mark.browser

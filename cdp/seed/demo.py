@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import secrets
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
@@ -25,11 +24,16 @@ from cdp.actors import Actor
 from cdp.auth.permissions import require
 from cdp.db import db, transaction, utcnow
 from cdp.exceptions import ValidationFailed
+from cdp.identity.blocklist import current_blocklist
+from cdp.identity.traits import apply_by_time
+from cdp.ingest.messages import Preparer
 from cdp.models import Profile, Source
 from cdp.pii import PiiVault, vault
 from cdp.profiles import encrypt_profile_pii, name_index
 from cdp.seed import bulk, vocab
+from cdp.seed import wire as seed_wire
 from cdp.seed.consents import ConsentDraws
+from cdp.seed.events import ChannelEvents
 from cdp.seed.purchases import Shopping
 from cdp.sources import SOURCE_KINDS, create_source
 
@@ -39,13 +43,9 @@ PHONE_AAD = b"phone"
 CHANNELS = ("wechat", "miniprogram", "pos", "ecommerce")
 CHUNK = 2000  # profiles generated, inserted and committed together
 WINDOW_DAYS, CST = vocab.WINDOW_DAYS, vocab.CST
-# Seconds between an event and its arrival: POS systems sync in batches, WeChat pushes at once.
-ARRIVAL_DELAY = {"wechat": 3, "miniprogram": 5, "pos": 6 * 3600, "ecommerce": 600}
 URLSAFE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-EVENT_COLUMNS = ("source_id", "message_id", "profile_id", "type", "name", "timestamp")
-EVENT_COLUMNS += ("received_at", "properties", "context")
-PROFILE_COLUMNS = ("id", "kind", "traits", "pii_encrypted", "merged_into_id", "created_at")
-PROFILE_COLUMNS += ("updated_at", "first_seen_at", "last_seen_at", "name_index")
+PROFILE_COLUMNS = ("id", "kind", "traits", "trait_times", "pii_encrypted", "merged_into_id")
+PROFILE_COLUMNS += ("created_at", "updated_at", "first_seen_at", "last_seen_at", "name_index")
 IDENTITY_COLUMNS = ("profile_id", "type", "namespace", "value_index", "value_encrypted")
 IDENTITY_COLUMNS += ("source_id", "created_at")
 
@@ -83,7 +83,8 @@ def ensure_demo_sources(actor: Actor) -> tuple[dict[str, str], str | None]:
 
 
 class _Person:
-    __slots__ = ("id", "channels", "store", "platform", "events", "identities")
+    __slots__ = ("id", "channels", "store", "platform", "events", "identities", "phone")
+    __slots__ += ("openid", "mp_openid", "unionid", "card", "buyer", "message_ids", "traits_seen")
 
     def __init__(self, profile_id: int, channels: tuple[str, ...]):
         self.id, self.channels = profile_id, channels
@@ -91,9 +92,14 @@ class _Person:
         self.platform: str | None = None
         self.events: list[dict] = []
         self.identities: list[tuple] = []  # (type, namespace, value_index, encrypted, channel)
+        # What the channels know the person by, for the payloads they send.
+        self.phone = self.openid = self.mp_openid = self.unionid = None
+        self.card = self.buyer = None
+        self.message_ids: set[str] = set()  # dedupe keys taken (ingestion's per-source check)
+        self.traits_seen: list[tuple[datetime, dict]] = []  # (event time, traits it carried)
 
 
-class _Generator(ConsentDraws, Shopping):
+class _Generator(ConsentDraws, Shopping, ChannelEvents):
     """Draws people and their events from one RNG into row buffers for bulk insert."""
 
     def __init__(
@@ -104,9 +110,11 @@ class _Generator(ConsentDraws, Shopping):
         source_ids,
         taken,
         consent_rng: random.Random,
+        wire: seed_wire.DemoWire,
     ):
         self.rng, self.vault, self.now = rng, pii_vault, now
-        self.consent_rng = consent_rng
+        self.consent_rng, self.wire = consent_rng, wire
+        self.preparer = Preparer(pii_vault, current_blocklist(), now)
         self.source_ids = source_ids
         self.taken: set[tuple[str, str, str]] = taken  # identity keys in use
         midnight = now.astimezone(CST).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -150,14 +158,6 @@ class _Generator(ConsentDraws, Shopping):
     def openid(self) -> str:
         return "o" + "".join(self.rng.choices(URLSAFE, k=27))
 
-    def track(self, person, channel, name, ts, properties, type_="track") -> None:
-        rng = self.rng
-        message_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        arrived = min(ts + timedelta(seconds=rng.uniform(0.05, ARRIVAL_DELAY[channel])), self.now)
-        values = (self.source_ids[channel], message_id, person.id, type_, name, ts, arrived)
-        context = {"channel": channel}
-        person.events.append(dict(zip(EVENT_COLUMNS, (*values, properties, context), strict=True)))
-
     def patient(self, profile_id: int) -> None:
         rng = self.rng
         gender = "female" if rng.random() < 0.52 else "male"
@@ -171,15 +171,14 @@ class _Generator(ConsentDraws, Shopping):
         end = WINDOW_DAYS if rng.random() < 0.8 else rng.uniform(min(start + 20, 364), 365)
         e164 = self._patient_identities(person, city)
         if "wechat" in person.channels and start > 0:
-            self.track(person, "wechat", "subscribe", self.at(start), {"scene": "qrcode"})
+            self.wechat(person, "subscribe", self.at(start), self._follow_key(person))
         self._engagement(person, start, end)
         if drug is not None:
             self._refills(person, drug, start)
         self._otc(person, start, end)
         if "miniprogram" in person.channels and rng.random() < 0.5:
-            traits = {"traits": {"city": city.name, "gender": gender}}
             when = self.at(rng.uniform(start, end))
-            self.track(person, "miniprogram", None, when, traits, type_="identify")
+            self.mini(person, None, when, traits={"city": city.name, "gender": gender})
         birth = self.now.astimezone(CST).date() - timedelta(days=age * 365 + rng.randrange(365))
         seen = [event["context"]["channel"] for event in person.events]
         traits = {"gender": gender, "birth_date": birth.isoformat(), "city": city.name}
@@ -207,25 +206,30 @@ class _Generator(ConsentDraws, Shopping):
             e164, index = self.phone()
             encrypted = self.vault.encrypt(e164.encode(), PHONE_AAD)
             ids.append(("phone", "", index, encrypted, person.channels[-1]))
+            person.phone = e164
         if "wechat" in channels:
-            ids.append(("wechat_openid", vocab.WECHAT_OA_APP_ID, self.openid(), None, "wechat"))
+            person.openid = self.openid()
+            ids.append(("wechat_openid", vocab.WECHAT_OA_APP_ID, person.openid, None, "wechat"))
         if "miniprogram" in channels:
-            mp_openid = self.openid()
+            person.mp_openid = mp_openid = self.openid()
             ids.append(
                 ("miniprogram_openid", vocab.MINIPROGRAM_APP_ID, mp_openid, None, "miniprogram")
             )
         if channels & {"wechat", "miniprogram"} and rng.random() < 0.8:
-            ids.append(("wechat_unionid", "", self.openid(), None, person.channels[0]))
+            person.unionid = self.openid()
+            ids.append(("wechat_unionid", "", person.unionid, None, person.channels[0]))
         if "pos" in channels:
             person.store = rng.choice(self.stores[city.name])
             chain = person.store.chain
             card = self.unique("pharmacy_member", chain, lambda: f"{rng.randrange(10**12):012d}")
             ids.append(("pharmacy_member", chain, card, None, "pos"))
+            person.card = card
         if "ecommerce" in channels:
             platforms = vocab.ECOMMERCE_PLATFORMS
             person.platform = rng.choices(platforms, weights=[p[2] for p in platforms])[0][0]
             buyer = person.platform + "_" + "".join(rng.choices(URLSAFE[26:62], k=12))
             ids.append(("ecommerce_buyer", person.platform, buyer, None, "ecommerce"))
+            person.buyer = buyer
         return e164
 
     def _engagement(self, person: _Person, start: float, end: float) -> None:
@@ -237,21 +241,14 @@ class _Generator(ConsentDraws, Shopping):
         for _ in range(max(1, min(int(rng.lognormvariate(1.3, 1.0)), 150))):
             ts, r = self.at(rng.uniform(start, end)), rng.random()
             if rng.choice(touch) == "wechat":
-                if r < 0.75:
-                    article_id, title = rng.choice(vocab.ARTICLES)
-                    props = {"article_id": article_id, "title": title}
-                    self.track(person, "wechat", "article_read", ts, props)
-                else:
-                    template_id, title = rng.choice(vocab.TEMPLATES)
-                    props = {"template_id": template_id, "title": title}
-                    self.track(person, "wechat", "template_click", ts, props)
+                self._wechat_touch(person, ts, r)
             elif r < 0.82:
                 path, title = rng.choice(vocab.MINIPROGRAM_PAGES)
-                self.track(person, "miniprogram", "page_view", ts, {"path": path, "title": title})
+                self.mini(person, "page_view", ts, {"path": path, "title": title})
             else:
                 coupon_id, title, value = rng.choice(vocab.COUPONS)
                 props = {"coupon_id": coupon_id, "title": title, "value_cny": value}
-                self.track(person, "miniprogram", "coupon_claimed", ts, props)
+                self.mini(person, "coupon_claimed", ts, props)
 
     def doctor(self, profile_id: int) -> None:
         rng = self.rng
@@ -262,7 +259,7 @@ class _Generator(ConsentDraws, Shopping):
         number = lambda: f"1{city.province}{rng.randrange(10**12):012d}"  # noqa: E731
         licence = self.unique("hcp_license", "", number)
         person.identities.append(("hcp_license", "", licence, None, "wechat"))
-        openid = self.openid()
+        person.openid = openid = self.openid()
         person.identities.append(("wechat_openid", vocab.WECHAT_OA_APP_ID, openid, None, "wechat"))
         for _ in range(rng.randint(1, 8)):
             ts = self.at(rng.uniform(0, WINDOW_DAYS))
@@ -270,11 +267,11 @@ class _Generator(ConsentDraws, Shopping):
                 meeting_id, topic = rng.choice(vocab.MEETINGS)
                 fmt = rng.choice(("online", "offline"))
                 props = {"meeting_id": meeting_id, "topic": topic, "format": fmt}
-                self.track(person, "wechat", "meeting_attended", ts, props)
+                self.h5(person, "meeting_attended", ts, props)
             else:
                 article_id, title = rng.choice(vocab.HCP_ARTICLES)
                 props = {"article_id": article_id, "title": title}
-                self.track(person, "wechat", "article_read", ts, props)
+                self.h5(person, "article_read", ts, props)
         traits = {
             "hospital": rng.choice(vocab.hospitals_in(city.name)),
             "department": rng.choices(*zip(*vocab.DEPARTMENTS, strict=True))[0],
@@ -295,8 +292,11 @@ class _Generator(ConsentDraws, Shopping):
         if kind == "patient":
             joined = first - timedelta(days=self.rng.randrange(0, 900))
             traits["member_since"] = joined.astimezone(CST).date().isoformat()
+        trait_times: dict[str, str] = {}
+        for at, seen in sorted(person.traits_seen, key=lambda pair: pair[0]):
+            apply_by_time(traits, trait_times, seen, at)  # as ingestion merges them: latest wins
         blob = encrypt_profile_pii(pii, self.vault)
-        values = (person.id, kind, traits, blob, None, first, last, first, last)
+        values = (person.id, kind, traits, trait_times, blob, None, first, last, first, last)
         values += (name_index(pii, self.vault),)
         self.profiles.append(dict(zip(PROFILE_COLUMNS, values, strict=True)))
         for type_, namespace, value_index, encrypted, channel in person.identities:
@@ -308,13 +308,16 @@ class _Generator(ConsentDraws, Shopping):
 
 
 def _generate(actor, job_id, patients, doctors, seed, now, progress) -> dict:
+    wire = seed_wire.registered()
+    if wire is None:
+        raise ValidationFailed("the demo's channel events need the connectors component", "wire")
     source_ids, write_key = ensure_demo_sources(actor)
     first_id = (db.session.scalar(sa.select(sa.func.max(Profile.id))) or 0) + 1
     # On a database that already has people, shift the stream so a rerun adds new ones.
     rng = random.Random(seed if first_id == 1 else f"{seed}/{first_id}")
     taken = bulk.taken_identities() if first_id > 1 else set()
     consent_rng = random.Random(f"{seed}/consents/{first_id}")
-    gen = _Generator(rng, vault(), now, source_ids, taken, consent_rng)
+    gen = _Generator(rng, vault(), now, source_ids, taken, consent_rng, wire)
     counts = {"profiles": 0, "identities": 0, "events": 0, "consents": 0}
     seconds = dict.fromkeys(("generate", *counts, "commit"), 0.0)  # where the time went
     total, next_id = patients + doctors, first_id

@@ -1,4 +1,10 @@
-"""The demo patients' shopping: refills of a chronic medicine, OTC buys, at the till or online."""
+"""The demo patients' shopping: refills of a chronic medicine, OTC buys, at the till or online.
+
+Purchases are POS uploads and shop orders rendered and parsed by the connectors
+(``cdp.seed.wire``). Shops export no days of supply or Rx flag, so those are added to
+online order lines from the demo's drug list, standing in for the product master a
+deployment would look them up in: refill forecasts need them whatever the channel.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ WINTER = (12, 1, 2)  # months cold and flu remedies sell three times as well
 
 class Shopping:
     """Mixin of the demo generator: purchase events drawn from its RNG (``rng``, ``at``,
-    ``track``, ``otc_cum``), so moving them here changed no seed's data."""
+    ``otc_cum``) and delivered through its channels (``wire``, ``deliver``, ``mini``)."""
 
     def _refills(self, person, drug: vocab.Drug, start: float) -> None:
         """Buy ``drug`` whenever the last pack runs out, give or take, until the patient lapses."""
@@ -36,7 +42,7 @@ class Shopping:
             due = day + gap - rng.uniform(1, 3)
             if reminders and due <= vocab.WINDOW_DAYS and rng.random() < 0.7:
                 props = {"drug_code": drug.code, "name": drug.name}
-                self.track(person, "miniprogram", "refill_reminder_open", self.at(due), props)
+                self.mini(person, "refill_reminder_open", self.at(due), props)
             day += gap
 
     def _otc(self, person, start: float, end: float) -> None:
@@ -55,13 +61,21 @@ class Shopping:
 
     def _purchase(self, person, ts: datetime, lines) -> None:
         rng = self.rng
-        items = [drug.item(qty) for drug, qty in lines]
-        total = {"items": items, "total_cny": round(sum(d.price_cny * q for d, q in lines), 2)}
+        # Member phones as tills and shops hold them: mainland digits, no +86.
+        phone = person.phone.removeprefix("+86") if person.phone else None
         if person.store is not None and (person.platform is None or rng.random() < 0.7):
             store = person.store
-            props = {"store_code": store.code, "store_name": store.name, "chain": store.chain}
-            self.track(person, "pos", "pos_purchase", ts, {**props, **total})
+            txn_no = f"{ts.astimezone(vocab.CST):%Y%m%d}-{person.id}-{len(person.events)}"
+            member = {"card_no": person.card, **({"phone": phone} if phone else {})}
+            message = self.wire.pos_sale(store.chain, store.code, txn_no, ts, member, lines)
+            self.deliver(person, "pos", message)
         else:
             order_id = f"{rng.randrange(10**11, 10**12)}{rng.randrange(10**6):06d}"
-            props = {"platform": person.platform, "order_id": order_id}
-            self.track(person, "ecommerce", "order_completed", ts, {**props, **total})
+            message = self.wire.shop_order(
+                person.platform, order_id, ts, person.buyer, lines, phone
+            )
+            if message is not None:
+                for item in message["properties"]["items"]:
+                    drug = vocab.DRUG_BY_CODE[item["drug_code"]]
+                    item.update(rx=drug.rx, days_of_supply=drug.days_of_supply * item["qty"])
+            self.deliver(person, "ecommerce", message)

@@ -236,7 +236,10 @@ ACUTE_RX = tuple(d for d in DRUGS if d.rx and not d.chronic)
 OTC = tuple(d for d in DRUGS if not d.rx)
 COLD_AND_FLU = frozenset({"D017", "D018", "D019", "D020"})
 
-ECOMMERCE_PLATFORMS = (("jd", "京东健康", 0.55), ("tmall", "阿里健康大药房", 0.45))
+# (platform, shop, share): JD and Tmall orders come from their order export, the brand's
+# own Youzan micro-shop pushes its trades.
+ECOMMERCE_PLATFORMS = (("jd", "京东健康", 0.45), ("tmall", "阿里健康大药房", 0.35),
+                       ("youzan", "康护健康微商城", 0.2))  # fmt: skip
 
 # CN mobile number prefixes (China Mobile, Unicom, Telecom) that phones are drawn from.
 PHONE_PREFIXES = tuple(
@@ -315,6 +318,22 @@ TEMPLATES: tuple[tuple[str, str], ...] = (
     ("tmpl_coupon", "优惠券到账通知"),
     ("tmpl_points", "积分变动提醒"),
     ("tmpl_checkup", "复诊提醒"),
+)
+# Where followers scan the OA's parametric QR codes (besides their pharmacy's poster).
+QR_SCENES = (("pack_insert", 4), ("hospital_clinic", 3), ("health_talk", 2), ("live_event", 1))
+# The OA menu: CLICK keys and VIEW links.
+MENU_CLICKS = ("MENU_REFILL_REMINDER", "MENU_MY_POINTS", "MENU_ASK_PHARMACIST", "MENU_COUPONS")
+MENU_VIEWS = (
+    "https://h5.carepath.demo/articles",
+    "https://h5.carepath.demo/stores/nearby",
+    "https://h5.carepath.demo/member",
+)
+FOLLOWER_QUESTIONS = (
+    "阿托伐他汀饭前吃还是饭后吃？",
+    "降压药漏服了一次怎么办",
+    "附近哪家药房有货",
+    "积分怎么兑换",
+    "优惠券在哪里看",
 )
 MINIPROGRAM_PAGES: tuple[tuple[str, str], ...] = (
     ("pages/index/index", "首页"),

@@ -13,6 +13,7 @@ from web.ui import (
     privacy,
     profiles,
     segments,
+    sources_sync,
     system,
 )
 
@@ -20,6 +21,7 @@ BLUEPRINTS = (
     auth.bp,
     dashboard.bp,
     areas.bp,
+    sources_sync.bp,
     profiles.bp,
     system.bp,
     content.bp,
