@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from cdp.db import db
 from cdp.models import AuditEntry, Violation
 from cdp.sources import forget_write_keys
-from tests.conftest import make_user
+from tests.conftest import csrf_token_from, make_user
 from tests.test_api import bearer, issue_token
 from tests.test_segment_api import events, new_source, post
 
@@ -134,3 +134,27 @@ def test_cli_sets_shows_and_clears_a_plan(app, runner, tmp_path):
     assert bad.exit_code != 0 and "mode" in bad.output
     cleared = runner.invoke(args=["sources", "plan", source.id, "--clear"])
     assert cleared.exit_code == 0 and json.loads(cleared.output) is None
+
+
+def test_source_page_shows_and_saves_the_plan(app, client, auth, admin):
+    source = new_source(app)
+    auth.login()
+    page = client.get(f"/sources/{source.id}").get_data(as_text=True)
+    assert 'data-testid="tracking-plan"' in page and 'data-testid="plan-json"' in page
+    token = csrf_token_from(page)
+    url = f"/sources/{source.id}/tracking-plan"
+    assert client.post(url, data={"plan": json.dumps(PLAN)}).status_code == 400  # no CSRF token
+    saved = client.post(url, data={"plan": json.dumps(PLAN), "csrf_token": token})
+    assert saved.status_code == 302
+    page = client.get(f"/sources/{source.id}").get_data(as_text=True)
+    assert "<code>Order Completed</code>" in page
+    bad = client.post(url, data={"plan": '{"mode": "strict"', "csrf_token": token})
+    assert bad.status_code == 422
+    bad = client.post(url, data={"plan": '{"mode": "strict"}', "csrf_token": token})
+    assert bad.status_code == 422 and "mode" in bad.get_data(as_text=True)
+    token = csrf_token_from(client.get(f"/sources/{source.id}").get_data(as_text=True))
+    assert client.post(url, data={"plan": "", "csrf_token": token}).status_code == 302
+    with app.app_context():
+        from cdp.sources import get_source
+
+        assert get_source(source.id).tracking_plan is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import orjson
 import sqlalchemy as sa
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
@@ -13,6 +14,7 @@ from marshmallow import ValidationError
 from cdp.audit import verify_chain
 from cdp.db import db
 from cdp.exceptions import ValidationFailed
+from cdp.ingest.plans import set_tracking_plan
 from cdp.models import User
 from cdp.models.profiles import PROFILE_KINDS
 from cdp.profiles import identity_summary, list_profiles, search_profiles
@@ -201,6 +203,27 @@ def rotate_key(source_id: str):
         abort(400)
     source, write_key = rotate_write_key(current_actor(), source_id)
     return _render_source(source, write_key=write_key)
+
+
+@bp.route("/sources/<source_id>/tracking-plan", methods=["POST"])
+@requires("sources:edit")
+def set_tracking_plan_view(source_id: str):
+    """Save the tracking plan typed as JSON (empty: remove it); errors name the path."""
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    source = get_source(source_id)
+    text = (request.form.get("plan") or "").strip()
+    try:
+        plan = orjson.loads(text) if text else None
+        set_tracking_plan(current_actor(), source.id, plan)
+    except orjson.JSONDecodeError as exc:
+        flash(_("The tracking plan is not valid JSON: %(error)s", error=str(exc)), "error")
+        return _render_source(source), 422
+    except ValidationFailed as exc:
+        flash(exc.message, "error")
+        return _render_source(source), 422
+    flash(_("Tracking plan saved.") if plan else _("Tracking plan removed."))
+    return redirect(url_for("areas.source_detail", source_id=source.id))
 
 
 # --- Audit -----------------------------------------------------------------------------------
