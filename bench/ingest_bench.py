@@ -415,7 +415,8 @@ def bench_database(label: str, url: str, args, workdir: Path) -> None:
     from cdp import create_app
 
     app = create_app({"SQLALCHEMY_DATABASE_URI": url})
-    drain_backlog(app, env)
+    if not args.no_drain:
+        drain_backlog(app, env)
     timings = raw_inserts(app, source_id, result["events"])
     for how, seconds in timings.items():
         raw_rate = result["events"] / seconds
@@ -436,6 +437,7 @@ def main() -> None:
     parser.add_argument("--postgres", help="URL of an empty PostgreSQL database to bench too")
     parser.add_argument("--redis", help="Redis URL: queue jobs there instead of running them")
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument("--no-drain", action="store_true", help="leave the backlog unresolved")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
 
