@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from cdp.ingest.messages import Preparer, Rejected
 from cdp.ingest.tasks import process_pending, requeue_stale_batches
 from cdp.models import Event, InboundBatch, Profile, Violation
 from cdp.pii import vault
-from cdp.queue import tasks
+from cdp.queue import BackgroundLoop, tasks
 from tests.conftest import make_app
 from tests.test_ingest_robustness import _messages
 from tests.test_segment_api import events, new_source, post, track
@@ -269,3 +270,21 @@ def test_one_bad_batch_does_not_hold_back_the_others_stored_with_it(
         assert inbound.resolve_pending() == 3
         assert inbound.pending_count() == 1  # b1 keeps its claim, retried after CLAIM_TTL
     assert sorted(e.message_id for e in events(deferred_app)) == ["b0", "b2"]
+
+
+def test_make_run_embedded_worker_resolves_what_the_api_acked(deferred_app, source):
+    """`make run` (no Redis): the web process's worker threads run the drain job."""
+    loop = BackgroundLoop(deferred_app, deferred_app.extensions["cdp.queue"], poll=0.05)
+    loop.start()
+    try:
+        client = deferred_app.test_client()
+        batch = [track(user="emb-1", messageId=f"e{n}") for n in range(3)]
+        assert post(client, "/v1/batch", {"batch": batch}, source.write_key).status_code == 200
+        deadline = time.monotonic() + 20
+        while len(events(deferred_app)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        loop.stop()
+    stored = events(deferred_app)
+    assert sorted(e.message_id for e in stored) == ["e0", "e1", "e2"]
+    assert len({e.profile_id for e in stored}) == 1 and pending(deferred_app) == 0
