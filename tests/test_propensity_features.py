@@ -262,3 +262,31 @@ def test_features_of_one_profile_by_hand(world):
     assert row["tenure_days"] == pytest.approx(500, abs=1e-3)
     assert row["age_band"] == "45-59" and row["city_tier"] == "一线"
     assert row["purchases_365"] == 0  # consented (id % 3 != 0), bought nothing in the window
+
+
+def test_purchase_lines_by_hand(world):
+    """Supply and Rx of one- and several-line purchases; a longer supply counts as ten years."""
+    cutoff = world.cutoff(100)
+    e = Event.__table__
+    pid = world.ids[1]  # consented
+    db.session.execute(sa.delete(e).where(e.c.profile_id == pid))
+    purchases = [
+        (100, [{"days_of_supply": 10, "rx": False}, {"days_of_supply": 30, "rx": True}], 50),
+        (60, [{"days_of_supply": 20}], 20),
+        (10, [{"days_of_supply": 5000, "rx": True}], "12"),  # a total that is no number
+    ]
+    db.session.execute(
+        sa.insert(e),
+        [
+            _event(world.source_id, pid, "pos_purchase", cutoff - timedelta(days=d),
+                   {"items": items, "total_cny": total})
+            for d, items, total in purchases
+        ],
+    )  # fmt: skip
+    db.session.commit()
+    row = features_at(cutoff).loc[pid]
+    assert (row["purchases_365"], row["spend_365"], row["rx_purchases_365"]) == (3, 70, 2)
+    assert row["purchase_interval_mean"] == pytest.approx(45, abs=1e-3)
+    # Late against the longest line: 40 - 30 and 50 - 20 days.
+    assert row["refill_days_late_mean"] == pytest.approx(20, abs=1e-3)
+    assert row["days_past_runout"] == pytest.approx(10 - 3650, abs=1e-3)

@@ -71,6 +71,29 @@ def test_scoring_in_chunks_stores_score_rank_and_decile(trained, tmp_path):
     assert len(stored()) == n
 
 
+def test_rescoring_stores_exactly_the_new_scores(trained):
+    model = registry.get_model("coupon")
+    version = registry.get_version(model)
+    scoring.store(version, scoring.score(model, version))
+    first, second, third, *_ = sorted(stored())
+    # One profile refuses (its score must go), one stored row is stale, one is missing.
+    record_consent(SYSTEM, first, "automated_marketing", "*", "withdrawn")
+    scores = PropensityScore.__table__
+    db.session.execute(
+        sa.update(scores).where(scores.c.profile_id == second).values(score=0.5, rank=0, decile=0)
+    )
+    db.session.execute(sa.delete(scores).where(scores.c.profile_id == third))
+    db.session.commit()
+    again = scoring.score(model, version)
+    scoring.store(version, again)
+    expected = {
+        pid: (score, rank, decile)
+        for pid, score, rank, decile in again.frame[["score", "rank", "decile"]].itertuples()
+    }
+    assert first not in expected and {second, third} <= set(expected)
+    assert stored() == expected
+
+
 def test_the_score_command_path_writes_the_csv_best_first(trained, tmp_path):
     out = tmp_path / "scores.csv"
     job = service.jobs.create_job(SYSTEM, service.SCORE_JOB, {"name": "coupon"}, 100)

