@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import sqlalchemy as sa
 
@@ -146,10 +147,10 @@ def test_concurrent_requests_are_committed_together(app):
     gate = threading.Event()
     real = base.ingest
 
-    def slow_ingest(source, messages, received_at=None):
+    def slow_ingest(source, messages, received_at=None, **options):
         calls.append(len(messages))
         gate.wait(2)  # hold the first batch so the others queue up behind it
-        return real(source, messages, received_at)
+        return real(source, messages, received_at, **options)
 
     base.ingest = slow_ingest
     results = []
@@ -166,8 +167,9 @@ def test_concurrent_requests_are_committed_together(app):
         threads = [threading.Thread(target=one, args=(n,)) for n in range(10)]
         for thread in threads:
             thread.start()
-        while len(calls) < 1:
-            pass
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:  # never spin forever on a failure
+            time.sleep(0.001)
         for thread in threads:  # give the others time to queue behind the held leader
             thread.join(0.05)
         gate.set()
@@ -187,13 +189,13 @@ def test_one_bad_request_does_not_fail_its_batch_mates(app):
     real = base.ingest
     first = []
 
-    def picky(source, messages, received_at=None):
+    def picky(source, messages, received_at=None, **options):
         if not first:
             first.append(1)
             gate.wait(2)
         if any(m["messageId"] == "poison" for m in messages):
             raise RuntimeError("a bug")
-        return real(source, messages, received_at)
+        return real(source, messages, received_at, **options)
 
     base.ingest = picky
     outcomes = {}
