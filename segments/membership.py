@@ -18,20 +18,24 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.dialects import postgresql, sqlite
 
 from cdp.db import JSONType, UTCDateTime, db, utcnow
 from cdp.ingest import tasks as ingest_tasks
-from cdp.models import Event, OutboxBatch, Profile, Source
+from cdp.models import Event, Profile
 from cdp.queue import enqueue
 from segments.compiler import analyze, compile_query
 from segments.conditions import Context
+from segments.internal_events import (
+    EVENT_COLUMNS,
+    INTERNAL_SOURCE_ID,
+    ensure_internal_source,
+    insert_events,
+    write_outbox,
+)
 from segments.models import Segment, SegmentMembership
 
 log = logging.getLogger(__name__)
-INTERNAL_SOURCE_ID = "src_internal"
 ENTERED, EXITED = "segment_entered", "segment_exited"
-OUTBOX_CHUNK = 1000
 # Shown in member lists, previews and exports: no names, phones, identifiers or birth dates.
 PUBLIC_TRAITS = ("city", "city_tier", "preferred_channel")
 M = SegmentMembership.__table__
@@ -93,28 +97,18 @@ def whole_population():
             db.session.execute(sa.text("SET LOCAL enable_nestloop = on"))
 
 
-def ensure_internal_source() -> None:
-    """The source segment events come from (created on first use, in the caller's transaction)."""
-    insert = (postgresql.insert if dialect() == "postgresql" else sqlite.insert)(Source)
-    db.session.execute(
-        insert.values(
-            id=INTERNAL_SOURCE_ID,
-            name="CarePath internal events",
-            kind="internal",
-            enabled=True,
-            default_profile_kind="patient",
-            created_at=utcnow(),
-        ).on_conflict_do_nothing(index_elements=["id"])
-    )
-
-
 def lock_segments(ids: list[int]) -> None:
     """Serialise membership writers per segment: a write first (row locks on PostgreSQL,
     the database write lock on SQLite) so two refreshes never interleave their deltas."""
     if ids:
-        db.session.execute(
-            sa.update(Segment).where(Segment.id.in_(sorted(ids))).values(size=Segment.size)
-        )
+        db.session.connection().execute(_LOCK, {"ids": sorted(ids)})
+
+
+_LOCK = (
+    sa.update(Segment.__table__)
+    .where(Segment.__table__.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(size=Segment.__table__.c.size)
+)
 
 
 def _prepare_candidates() -> None:
@@ -197,16 +191,6 @@ def _event_columns(segment: Segment, name: str, suffix: str, reason: str, now: d
     ]
 
 
-EVENT_COLUMNS = ["source_id", "message_id", "profile_id", "type", "name", "timestamp"]
-EVENT_COLUMNS += ["received_at", "properties", "context"]
-
-
-def insert_events():
-    """INSERT INTO events that skips a message already stored (re-runs are idempotent)."""
-    insert = (postgresql.insert if dialect() == "postgresql" else sqlite.insert)(Event)
-    return insert.on_conflict_do_nothing(index_elements=["source_id", "message_id"])
-
-
 def emit_changes(segment: Segment, now: datetime, reason: str) -> list[int]:
     """Insert the events of the stints opened and closed at ``now``; return outbox batch ids."""
     ensure_internal_source()
@@ -221,23 +205,6 @@ def emit_changes(segment: Segment, now: datetime, reason: str) -> list[int]:
         statement = insert_events().from_select(EVENT_COLUMNS, select)
         rows += db.session.execute(statement.returning(Event.id, Event.profile_id)).all()
     return write_outbox(rows)
-
-
-def write_outbox(rows: list[tuple[int, int]]) -> list[int]:
-    """Outbox batches for (event id, profile id) rows, so downstream processors see them."""
-    ids = []
-    for start in range(0, len(rows), OUTBOX_CHUNK):
-        chunk = rows[start : start + OUTBOX_CHUNK]
-        batch = OutboxBatch(
-            source_id=INTERNAL_SOURCE_ID,
-            event_ids=[event_id for event_id, _ in chunk],
-            profile_ids=sorted({profile_id for _, profile_id in chunk}),
-            enqueued_at=utcnow(),
-        )
-        db.session.add(batch)
-        db.session.flush()
-        ids.append(batch.id)
-    return ids
 
 
 def emit_internal_event(

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from cdp.db import db
 from cdp.models import ConsentRecord, ConsentState, Event, Identity, Profile, Source
+from cdp.models.purchases import PurchaseLine, project_events
 from segments.compiler import compile_query
 from segments.conditions import Context
+from segments.conditions.base import SCOPE_IDS, scope_params
 from segments.definition import validate
 from segments.realtime import _fill_scope
 from segments.reference import load_facts, reference_members
@@ -67,7 +69,7 @@ item = st.fixed_dictionaries(
             supply, supply, st.integers(-2, 0), st.sampled_from([0.5, 7.9, 100000, "30"]), st.none()
         ),
     },
-    optional={"rx": st.one_of(st.booleans(), scalar)},
+    optional={"rx": st.one_of(st.booleans(), scalar), "qty": st.one_of(small_number, scalar)},
 )
 properties = st.fixed_dictionaries(
     {},
@@ -159,7 +161,7 @@ def filters(draw):
         codes = draw(st.lists(st.sampled_from(CODES), min_size=1, max_size=2))
         subs = [{"property": "drug_code", "op": "in", "value": codes}]
         if draw(st.booleans()):
-            subs.append({"property": "rx", **op_and_value(draw)})
+            subs.append({"property": draw(st.sampled_from(["rx", "qty"])), **op_and_value(draw)})
         return {"property": "items", "any": subs}
     return {"property": "tags", "any": [op_and_value(draw)]}
 
@@ -375,7 +377,7 @@ CATALOG = catalog()
 
 def load_world(people: list[dict], now: datetime) -> None:
     session = db.session
-    for model in (Event, Identity, ConsentState, ConsentRecord, Profile):
+    for model in (PurchaseLine, Event, Identity, ConsentState, ConsentRecord, Profile):
         session.execute(sa.delete(model))
     if session.get(Source, "src_h") is None:
         session.add(Source(id="src_h", name="h", kind="http"))
@@ -404,6 +406,8 @@ def load_world(people: list[dict], now: datetime) -> None:
                 ConsentState(profile_id=index, purpose=purpose, channel=channel, status=status,
                              updated_at=now, record_id=record.id)
             )  # fmt: skip
+    session.flush()
+    project_events(session, sa.true())  # as the segments event processor does after ingest
     session.commit()
 
 
@@ -459,7 +463,13 @@ def check(case) -> None:
     for definition in definitions:
         sql = set(db.session.scalars(compile_query(definition, scoped_ctx)))
         assert sql == reference_members(definition, ctx, facts) & set(scope), definition
-    # ... with the ids in the temporary table, as the event processor runs it.
+    # ... with the ids as one statement parameter, as the event processor runs it on SQLite.
+    param_ctx = Context(now=now, dialect=ctx.dialect, load_segment=referable.get, scope=SCOPE_IDS)
+    params = scope_params(ctx.dialect, scope)
+    for definition in definitions:
+        sql = set(db.session.scalars(compile_query(definition, param_ctx), params))
+        assert sql == reference_members(definition, ctx, facts) & set(scope), definition
+    # ... with the ids in the temporary table, as it runs it on PostgreSQL.
     _fill_scope(scope)
     table_ctx = Context(now=now, dialect=ctx.dialect, load_segment=referable.get, scope_table=True)
     for definition in definitions:

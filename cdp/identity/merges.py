@@ -14,6 +14,7 @@ from cdp.db import db, transaction, utcnow
 from cdp.exceptions import Conflict, NotFound
 from cdp.identity.consents import move_consent_records, rebuild_consent_state
 from cdp.models import Event, Identity, Merge, Profile
+from cdp.models.purchases import move_lines
 from cdp.profiles import decrypt_profile_pii, name_index
 
 _CHUNK = 500
@@ -90,6 +91,9 @@ def unmerge(actor: Actor, profile_id: int, merge_id: int | None = None) -> Merge
             raise Conflict("the merged profile changed since; undo later merges first", "merge_id")
         _move_back(Identity, merge.moved_identity_ids, survivor.id, merged.id)
         _move_back(Event, merge.moved_event_ids, survivor.id, merged.id)
+        for start in range(0, len(merge.moved_event_ids), _CHUNK):
+            ids = merge.moved_event_ids[start : start + _CHUNK]
+            move_lines(session, survivor.id, merged.id, ids)
         if merge.moved_consent_ids:
             move_consent_records(session, merge.moved_consent_ids, survivor.id, merged.id)
             rebuild_consent_state(session, [survivor.id, merged.id])

@@ -40,6 +40,7 @@ from cdp.identity.traits import (
 )
 from cdp.identity.types import Identifier
 from cdp.models import Event, Identity, IdentityConflict, Merge, Profile
+from cdp.models.purchases import move_lines
 from cdp.pii import PiiVault
 from cdp.profiles import PROFILE_PII_AAD, name_index
 
@@ -300,6 +301,7 @@ class Resolver:
         self.session.execute(
             sa.update(Event).where(Event.profile_id == loser).values(profile_id=survivor)
         )
+        move_lines(self.session, loser, survivor)
         moved_consents = move_consent_records(self.session, None, loser, survivor)
         if moved_consents:
             rebuild_consent_state(self.session, [survivor, loser])

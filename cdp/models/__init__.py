@@ -11,6 +11,7 @@ from cdp.models.jobs import JobRun
 from cdp.models.loyalty import Partner  # noqa: F401  (registers the loyalty tables)
 from cdp.models.privacy import PrivacyRequest  # noqa: F401  (registers the privacy tables)
 from cdp.models.profiles import Identity, Profile
+from cdp.models.purchases import PurchaseLine
 from cdp.models.sources import Source
 from cdp.models.tokens import ApiToken
 from cdp.models.users import ROLES, User, UserSession
@@ -31,6 +32,7 @@ __all__ = [
     "Identity",
     "JobRun",
     "Profile",
+    "PurchaseLine",
     "Source",
     "User",
     "UserSession",

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from cdp.db import db
 from cdp.models import Event, Identity, Profile, Source
+from cdp.models.purchases import project_events
 from cdp.seed.consents import insert_consents
 
 INSERT_ROWS = 10_000  # rows per executemany
@@ -24,10 +25,13 @@ def taken_identities() -> set:
 def write_batch(gen, counts: dict[str, int], seconds: dict[str, float]) -> None:
     """Insert the buffered rows (parents first) and commit them as one batch."""
     session = db.session
+    last_event = session.scalar(sa.select(sa.func.max(Event.id))) or 0
     for key, table in (("profiles", Profile), ("identities", Identity), ("events", Event)):
         started, rows = time.perf_counter(), getattr(gen, key)
         for i in range(0, len(rows), INSERT_ROWS):
             session.execute(sa.insert(table.__table__), rows[i : i + INSERT_ROWS])
+        if key == "events":  # their purchase lines, read back for the ids the database gave
+            project_events(session, Event.id > last_event)
         counts[key] += len(rows)
         rows.clear()
         seconds[key] += time.perf_counter() - started

@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import ClassVar
 from zoneinfo import ZoneInfo
 
+import orjson
 import sqlalchemy as sa
 
 from cdp.models import Profile
@@ -64,8 +65,9 @@ class Context:
     # segment id -> its definition (None when missing or archived)
     load_segment: Callable[[int], dict | None] = lambda _id: None
     # Real-time: only these profiles (the SQL is restricted to them); with ``scope_table``
-    # the ids are read from the temporary table ``segment_scope`` instead of listed.
-    scope: list[int] | None = None
+    # the ids are read from the temporary table ``segment_scope`` instead of listed. The
+    # list may be ``SCOPE_IDS``, an expanding parameter: one statement for any profiles.
+    scope: list[int] | sa.BindParameter | None = None
     scope_table: bool = False
     # (event names, window start) -> share of all events they are (a planner hint); optional.
     estimate: Callable[[tuple[str, ...], datetime | None], float] | None = None
@@ -146,6 +148,17 @@ def condition_schema(properties: dict, required: list[str], **extra) -> dict:
 
 
 SCOPE = sa.table("segment_scope", sa.column("profile_id", sa.BigInteger))
+# Real time: the profiles as a statement parameter, so one compiled statement serves any
+# batch. SQLite reads a JSON array (an expanding list would be spliced into the SQL text at
+# every execution); pass ``scope_params(ids)``.
+SCOPE_IDS = sa.bindparam("scope_ids", expanding=True)
+SCOPE_JSON = sa.bindparam("scope_json", type_=sa.String)
+
+
+def scope_params(dialect: str, profile_ids: list[int]) -> dict:
+    if dialect == "sqlite":
+        return {"scope_json": orjson.dumps(profile_ids).decode()}
+    return {"scope_ids": profile_ids}
 
 
 def in_scope(column, ctx: Context):
@@ -156,6 +169,9 @@ def in_scope(column, ctx: Context):
         return column == sa.any_(ids)
     if ctx.scope_table:
         return column.in_(sa.select(SCOPE.c.profile_id))
+    if ctx.scope is SCOPE_IDS and ctx.dialect == "sqlite":
+        ids = sa.func.json_each(SCOPE_JSON).table_valued("value")
+        return column.in_(sa.select(ids.c.value))
     return column.in_(ctx.scope)
 
 

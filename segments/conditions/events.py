@@ -3,7 +3,9 @@
 Each compiles to ``profiles.id IN (SELECT profile_id FROM events ... GROUP BY profile_id
 HAVING ...)``; when the comparison also holds for profiles without any matching event
 (``count <= 1``, ``sum < 100``) those are added with ``NOT IN``. Only events up to ``now``
-count. Purchases of medicines are health data (PIPL): see ``uses_health_data``.
+count. Purchases of medicines are health data (PIPL): see ``uses_health_data``. Conditions
+on purchase events that the purchase-line projection answers exactly read it instead of the
+events' JSON (``segments.conditions.lines``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from segments.conditions.base import (
     register,
     scoped,
 )
-from segments.sqljson import ColumnRef, no_index
+from segments.conditions.lines import EVENT_FIELDS, LinePlan, line_plan
+from segments.conditions.planner import event_columns
+from segments.sqljson import ColumnRef
 from segments.values import fresh_name, json_type, lookup, py_match, sql_match, value_problems
 
 EVENTS = Event.__table__
@@ -158,12 +162,26 @@ class EventCondition(Condition):
             query = query.where(sql_filter(ctx, ColumnRef(ctx.sql, e.c.properties), spec))
         return scoped(query, e.c.profile_id, ctx)
 
-    def aggregate_in(self, ctx: Context, aggregate, op: str, operand, zero):
+    def plan(self, ctx: Context) -> LinePlan | None:
+        """How to read purchase lines instead of events, when they answer this exactly."""
+        return line_plan(ctx, self.names(), self.node.get("where", []))
+
+    def grouped(self, ctx: Context, measure: str, aggregate):
+        """(matching rows, the same grouped by profile, the aggregate): from purchase lines
+        when they answer the condition, else from events (``aggregate`` over them)."""
+        plan = self.plan(ctx)
+        if plan is None:
+            rows = self.rows(ctx)
+            return rows, rows.group_by(EVENTS.c.profile_id), aggregate
+        start, end = self._window(ctx)
+        grouped, aggregate = plan.grouped(ctx, self.names(), start, end, measure)
+        return plan.rows(ctx, self.names(), start, end), grouped, aggregate
+
+    def aggregate_in(self, ctx: Context, measure: str, aggregate, op: str, operand, zero):
         """Profiles whose aggregate over matching events satisfies op, plus those with none
         when the empty aggregate (``zero``) does."""
-        rows = self.rows(ctx)
-        having = rows.group_by(EVENTS.c.profile_id).having(sql_compare(aggregate, op, operand))
-        matched = PROFILES.c.id.in_(having)
+        rows, grouped, aggregate = self.grouped(ctx, measure, aggregate)
+        matched = PROFILES.c.id.in_(grouped.having(sql_compare(aggregate, op, operand)))
         if zero is not None and compare(zero, op, operand):
             return sa.or_(matched, PROFILES.c.id.not_in(rows))
         return matched
@@ -182,30 +200,6 @@ class EventCondition(Condition):
             and (end is None or ts < end)
             and all(py_filter(props, spec) for spec in filters)
         ]
-
-
-SCAN_SHARE = 0.1
-
-
-def event_columns(ctx: Context, condition: EventCondition, start: datetime | None):
-    """(name, timestamp) columns to filter on, steering SQLite's planner (PostgreSQL's has
-    the statistics to choose by itself):
-
-    - a real-time check of a few profiles walks each one's events (profile index), never every
-      event of a name in a window;
-    - a rule that reads event properties, over events that are a large share of the table
-      (purchases), scans the table in order: several times faster than fetching that many rows
-      one by one through the (name, timestamp) index.
-    """
-    hidden = (no_index(EVENTS.c.name), no_index(EVENTS.c.timestamp))
-    if ctx.dialect != "sqlite":
-        return EVENTS.c.name, EVENTS.c.timestamp
-    if ctx.scope is not None or ctx.scope_table:
-        return hidden
-    if condition.reads_properties() and ctx.estimate is not None:
-        if ctx.estimate(tuple(condition.names()), start) > SCAN_SHARE:
-            return hidden
-    return EVENTS.c.name, EVENTS.c.timestamp
 
 
 def _wanted_strings(spec: dict) -> list[str] | None:
@@ -283,7 +277,8 @@ class EventCount(EventCondition):
         return found + [("value", p) for p in value_problems(self.node["op"], self.node["value"])]
 
     def compile(self, ctx):
-        return self.aggregate_in(ctx, sa.func.count(), self.node["op"], self.node["value"], 0)
+        count = sa.func.count()
+        return self.aggregate_in(ctx, "count", count, self.node["op"], self.node["value"], 0)
 
     def evaluate(self, facts, ctx):
         return compare(len(self.matching(facts, ctx)), self.node["op"], self.node["value"])
@@ -326,10 +321,13 @@ class EventSum(EventCondition):
     def reads_properties(self):
         return True
 
+    def plan(self, ctx):
+        return super().plan(ctx) if self.node["property"] in EVENT_FIELDS else None
+
     def compile(self, ctx):
         amount = ctx.sql.json_num(EVENTS.c.properties, _path(self.node["property"]))
         total = sa.func.coalesce(sa.func.sum(amount), 0)
-        return self.aggregate_in(ctx, total, self.node["op"], self.node["value"], 0)
+        return self.aggregate_in(ctx, "sum", total, self.node["op"], self.node["value"], 0)
 
     def evaluate(self, facts, ctx):
         path = _path(self.node["property"])
@@ -350,7 +348,7 @@ class Occurrence(EventCondition):
 
     window = False
     time_based = True
-    aggregate = staticmethod(sa.func.max)
+    measure = "max"
     pick = staticmethod(max)
     schema = condition_schema(
         {
@@ -363,10 +361,10 @@ class Occurrence(EventCondition):
 
     def compile(self, ctx):
         cutoff = ctx.days_ago(self.node["days"])
-        when = self.aggregate(EVENTS.c.timestamp)
+        when = getattr(sa.func, self.measure)(EVENTS.c.timestamp)
+        _rows, grouped, when = self.grouped(ctx, self.measure, when)
         test = when >= cutoff if self.node["op"] == "within_last_days" else when < cutoff
-        having = self.rows(ctx).group_by(EVENTS.c.profile_id).having(test)
-        return PROFILES.c.id.in_(having)
+        return PROFILES.c.id.in_(grouped.having(test))
 
     def evaluate(self, facts, ctx):
         times = [ts for ts, _props in self.matching(facts, ctx)]
@@ -393,6 +391,6 @@ class EventLast(Occurrence):
 class EventFirst(Occurrence):
     type = "event_first"
     label = "First time of an event"
-    aggregate = staticmethod(sa.func.min)
+    measure = "min"
     pick = staticmethod(min)
     example = {"type": "event_first", "event": "subscribe", "op": "within_last_days", "days": 30}

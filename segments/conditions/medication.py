@@ -10,11 +10,12 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from cdp.models.purchases import PURCHASE_EVENTS, SUPPLY_CAP
 from segments.conditions.base import PROFILES, Context, condition_schema, register, scoped
-from segments.conditions.events import COMMON, EVENTS, EventCondition, event_columns
+from segments.conditions.events import COMMON, EVENTS, EventCondition
+from segments.conditions.lines import lapsed_profiles
+from segments.conditions.planner import event_columns
 from segments.values import fresh_name, json_type
-
-SUPPLY_CAP = 3650  # days; a longer declared supply counts as ten years
 
 
 @register
@@ -62,6 +63,11 @@ class RefillLapse(EventCondition):
     def compile(self, ctx):
         """One pass over the purchase lines: per profile, the latest run-out date; lapsed when
         even that one plus the grace days is not after today."""
+        last_day = ctx.today - timedelta(days=self.node["grace_days"])
+        names, codes = self.names(), self.node.get("drug_codes")
+        if set(names) <= set(PURCHASE_EVENTS):  # the projection, not the events' JSON
+            lapsed = lapsed_profiles(ctx, names, codes, self._lookback(ctx), last_day)
+            return PROFILES.c.id.in_(lapsed)
         e = EVENTS
         name, ts = event_columns(ctx, self, self._lookback(ctx))
         table, item = ctx.sql.elements(e.c.properties, ("items",), fresh_name())
@@ -85,7 +91,6 @@ class RefillLapse(EventCondition):
         runs_out = ctx.sql.local_date_plus(
             e.c.timestamp, ctx.sql.floor_days(supply, SUPPLY_CAP), ctx.offset_minutes
         )
-        last_day = ctx.today - timedelta(days=self.node["grace_days"])
         lapsed = (
             sa.select(e.c.profile_id)
             .select_from(e.join(table, sa.true()))
