@@ -15,6 +15,19 @@ branch_labels = None
 depends_on = None
 
 
+# The drug-code index covers what the refill-lapse rule reads, so it never visits the table
+# (1M profiles: 4.7 s to 1.3 s for a two-drug rule). Same list as cdp.models.purchases.
+BY_CODE_COLUMNS = (
+    "drug_code",
+    "timestamp",
+    "event_name",
+    "line",
+    "days_of_supply",
+    "runs_out",
+    "profile_id",
+)
+
+
 def upgrade():
     op.create_table(
         "purchase_lines",
@@ -54,7 +67,11 @@ def upgrade():
         "purchase_lines",
         ["profile_id", "event_name", "timestamp", "line", "total"],
     )
-    op.create_index("ix_purchase_lines_drug_code", "purchase_lines", ["drug_code", "timestamp"])
+    op.create_index(
+        "ix_purchase_lines_drug_code",
+        "purchase_lines",
+        [*BY_CODE_COLUMNS],
+    )
 
 
 def downgrade():
