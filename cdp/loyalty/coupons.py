@@ -9,6 +9,8 @@ found", so codes, members and redemptions of other partners cannot be probed.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import sqlalchemy as sa
 
 from cdp import audit
@@ -190,14 +192,33 @@ _FOR_PARTNER = (
         .exists(),
         _member_of(_PARTNER, Coupon.profile_id),
         _redeemed_by(_PARTNER, Coupon.id),
+        # The order of this partner's live redemption: what a 409 for a retry names.
+        sa.select(Redemption.order_id)
+        .where(
+            Redemption.coupon_id == Coupon.id,
+            Redemption.partner_id == _PARTNER,
+            Redemption.voided_at.is_(None),
+        )
+        .limit(1)
+        .scalar_subquery(),
     )
     .join(CouponCampaign, CouponCampaign.id == Coupon.campaign_id)
     .where(Coupon.code == sa.bindparam("b_code"))
 )
 
 
-def load_for_partner(actor: PartnerActor, code: str, store_code: str | None = None):
-    """(coupon, campaign, store known) in one query, or 404 unless the partner may see it.
+class PartnerCoupon(NamedTuple):
+    coupon: Coupon
+    campaign: CouponCampaign
+    store_known: bool
+    live_order_id: str | None  # this partner's live redemption of it, if any
+
+
+def load_for_partner(
+    actor: PartnerActor, code: str, store_code: str | None = None
+) -> PartnerCoupon:
+    """The coupon, its campaign and what the till needs, in one query; 404 unless the
+    partner may see it.
 
     The tenant rule: the partner's own member's coupon of a campaign open to the partner,
     or a coupon it redeemed itself.
@@ -206,15 +227,15 @@ def load_for_partner(actor: PartnerActor, code: str, store_code: str | None = No
     row = db.session.execute(_FOR_PARTNER, params).first()
     if row is None:
         raise NotFound("no such coupon", "code")
-    coupon, campaign, store_ok, member, redeemed_here = row
+    coupon, campaign, store_ok, member, redeemed_here, live_order_id = row
     if not ((member and eligible_at(campaign, actor.partner_id)) or redeemed_here):
         raise NotFound("no such coupon", "code")
-    return coupon, campaign, store_ok
+    return PartnerCoupon(coupon, campaign, store_ok, live_order_id)
 
 
 def partner_coupon(actor: PartnerActor, code_text: str) -> tuple[Coupon, CouponCampaign]:
     require(actor, "partner:api")
-    coupon, campaign, _ = load_for_partner(actor, parse_code(code_text))
+    coupon, campaign, _, _ = load_for_partner(actor, parse_code(code_text))
     return coupon, campaign
 
 

@@ -54,15 +54,22 @@ def _check_usable(coupon, campaign, now, amount: int, product_codes) -> None:
         )
 
 
-def _why_not_redeemable(coupon: Coupon, campaign: CouponCampaign, partner_id: int) -> Conflict:
+_LOOKUP = object()  # "not read yet": ask the database
+
+
+def _why_not_redeemable(
+    coupon: Coupon, campaign: CouponCampaign, partner_id: int, mine=_LOOKUP
+) -> Conflict:
+    """The 409; ``mine``: this partner's live order for the coupon, when already read."""
     if coupon.status == "redeemed":
-        mine = db.session.scalar(
-            sa.select(Redemption.order_id).where(
-                Redemption.coupon_id == coupon.id,
-                Redemption.partner_id == partner_id,
-                Redemption.voided_at.is_(None),
+        if mine is _LOOKUP:
+            mine = db.session.scalar(
+                sa.select(Redemption.order_id).where(
+                    Redemption.coupon_id == coupon.id,
+                    Redemption.partner_id == partner_id,
+                    Redemption.voided_at.is_(None),
+                )
             )
-        )
         where = f" by your order '{mine}'" if mine else ""
         return Conflict(f"coupon already redeemed{where}", "code")
     if coupon.status == "expired":
@@ -95,7 +102,7 @@ def redeem(
     if not order_id or len(order_id) > 64:
         raise ValidationFailed("order_id is required (at most 64 characters)", "order_id")
     # Validation reads first, outside the write lock; the guarded UPDATE decides who wins.
-    coupon, campaign, store_ok = load_for_partner(actor, code, store_code)
+    coupon, campaign, store_ok, live_order_id = load_for_partner(actor, code, store_code)
     if not store_ok:
         require_store(actor.partner_id, store_code)  # raises the 422 naming the field
     if campaign.store_codes and store_code not in campaign.store_codes:
@@ -103,7 +110,7 @@ def redeem(
     now = utcnow()
     if coupon.status != "issued":
         # Already used or expired when read (a committed state): no need for the write lock.
-        raise _why_not_redeemable(coupon, campaign, actor.partner_id)
+        raise _why_not_redeemable(coupon, campaign, actor.partner_id, live_order_id)
     _check_usable(coupon, campaign, now, amount, product_codes)
     with transaction() as session:
         begin_write(session)
