@@ -26,10 +26,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import orjson
 import sqlalchemy as sa
-from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import BadRequest, Conflict
+from flask import Blueprint, g, request
+from werkzeug.exceptions import BadRequest
 
 from cdp.db import db, utcnow
 from cdp.hcp import events as hcp_events
@@ -41,7 +40,6 @@ from connectors import replay
 from connectors.base import (
     connector_source,
     external_id,
-    ingest_messages,
     message_id,
     record_failures,
     unavailable,
@@ -254,27 +252,5 @@ def receive(source_id: str):
         for n, m in enumerate(messages)
         if m["properties"]["meeting_id"] not in known
     ]
-    try:
-        fresh = replay.claim(source.id, nonce)
-    except sa.exc.SQLAlchemyError:
-        raise unavailable() from None
-    if not fresh:
-        raise http_error(Conflict, f"{SIGNED.nonce} was already used: a replayed request")
-    try:
-        kept = [messages[n] for n in positions]
-        result = ingest_messages(source, kept, received_at) if kept else None
-    except BaseException:
-        db.session.rollback()
-        replay.release(source.id, nonce)
-        raise
-    g.connector_payload = None
-    answer = {
-        "success": True,
-        "accepted": result.accepted if result else 0,
-        "duplicates": result.duplicates if result else 0,
-        "rejected": [{**r, "index": positions[r["index"]]} for r in result.rejected]
-        if result
-        else [],
-        "skipped": skipped,
-    }
-    return Response(orjson.dumps(answer), mimetype="application/json")
+    kept = [messages[n] for n in positions]
+    return SIGNED.ingest_once(source, nonce, kept, positions, skipped, received_at)

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import orjson
 import sqlalchemy as sa
-from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import BadRequest, Conflict
+from flask import Blueprint, g, request
+from werkzeug.exceptions import BadRequest
 
 from cdp.db import db, utcnow
 from cdp.models import Event, Profile, Source
 from cdp.profiles import live_profile_id
 from cdp.sources import SourceKind
 from connectors import replay
-from connectors.base import connector_source, ingest_messages, record_failures, unavailable
+from connectors.base import connector_source, record_failures
 from connectors.http_body import KB, http_error, parse_json, read_body, require_object
 from connectors.pos_parse import (
     TZ,
@@ -173,30 +172,15 @@ def transactions(source_id: str):
         messages, skipped, positions = parse_transactions(payload, options["partner"])
     except TransactionError as exc:
         raise http_error(BadRequest, str(exc), field=exc.field) from None
-    try:
-        fresh = replay.claim(source.id, nonce)
-    except sa.exc.SQLAlchemyError:
-        raise unavailable() from None
-    if not fresh:
-        raise http_error(Conflict, f"{SIGNED.nonce} was already used: a replayed request")
-    try:
-        adjust_reversals(source, messages)
-        result = ingest_messages(source, messages, received_at) if messages else None
-    except BaseException:
-        db.session.rollback()
-        replay.release(source.id, nonce)
-        raise
-    g.connector_payload = None
-    answer = {
-        "success": True,
-        "accepted": result.accepted if result else 0,
-        "duplicates": result.duplicates if result else 0,
-        "rejected": [{**r, "index": positions[r["index"]]} for r in result.rejected]
-        if result
-        else [],
-        "skipped": skipped,
-    }
-    return Response(orjson.dumps(answer), mimetype="application/json")
+    return SIGNED.ingest_once(
+        source,
+        nonce,
+        messages,
+        positions,
+        skipped,
+        received_at,
+        before=lambda: adjust_reversals(source, messages),
+    )
 
 
 def parse_payload(payload: dict, partner: str) -> list[dict]:

@@ -12,14 +12,19 @@ import hashlib
 import hmac
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import orjson
 import sqlalchemy as sa
+from flask import Response, g
 from sqlalchemy.dialects import postgresql, sqlite
-from werkzeug.exceptions import Unauthorized
+from werkzeug.exceptions import Conflict, Unauthorized
 
 from cdp.db import db, utcnow
+from cdp.models import Source
+from connectors.base import ingest_messages, unavailable
 from connectors.http_body import http_error
 from connectors.models import ConnectorNonce
 
@@ -63,6 +68,46 @@ class SignedRequests:
         if not hmac.compare_digest(expected, signature.strip().lower()):
             raise self._unauthorized("signature does not match (timestamp, nonce, body)")
         return nonce
+
+    def ingest_once(
+        self,
+        source: Source,
+        nonce: str,
+        messages: list[dict],
+        positions: list[int],
+        skipped: list[dict],
+        received_at: datetime,
+        before: Callable[[], object] | None = None,
+    ) -> Response:
+        """Claim the request's nonce, ingest ``messages`` (releasing the nonce if that fails)
+        and answer with rejections at the sender's positions (``positions[i]`` is where
+        ``messages[i]`` stood in the request). ``before`` runs after the claim, before ingesting.
+        """
+        try:
+            fresh = claim(source.id, nonce)
+        except sa.exc.SQLAlchemyError:
+            raise unavailable() from None
+        if not fresh:
+            raise http_error(Conflict, f"{self.nonce} was already used: a replayed request")
+        try:
+            if before is not None:
+                before()
+            result = ingest_messages(source, messages, received_at) if messages else None
+        except BaseException:
+            db.session.rollback()
+            release(source.id, nonce)
+            raise
+        g.connector_payload = None
+        answer = {
+            "success": True,
+            "accepted": result.accepted if result else 0,
+            "duplicates": result.duplicates if result else 0,
+            "rejected": [{**r, "index": positions[r["index"]]} for r in result.rejected]
+            if result
+            else [],
+            "skipped": skipped,
+        }
+        return Response(orjson.dumps(answer), mimetype="application/json")
 
 
 def timestamp_problem(raw: str | None, now: float | None = None) -> str | None:
