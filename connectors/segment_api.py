@@ -130,17 +130,6 @@ def _parsed_limits(value: str) -> tuple:
     return tuple(limits.parse_many(value))
 
 
-def _hit(items, source_id: str) -> tuple[list, float]:
-    """The limits ``source_id`` is over after this hit, and when the last of them resets."""
-    strategy = limiter.limiter
-    breached = [item for item in items if not strategy.hit(item, RATE_SCOPE, source_id)]
-    if not breached:
-        return [], 0.0
-    return breached, max(
-        strategy.get_window_stats(i, RATE_SCOPE, source_id).reset_time for i in breached
-    )
-
-
 def check_source_rate_limit(source_id: str) -> None:
     """Count one request of the source against ``SOURCE_RATE_LIMIT``; 429 when over it.
 
@@ -153,10 +142,14 @@ def check_source_rate_limit(source_id: str) -> None:
     if not limiter.enabled:
         return
     items = _parsed_limits(current_app.config.get("SOURCE_RATE_LIMIT") or DEFAULT_SOURCE_RATE_LIMIT)
+    strategy = limiter.limiter
     try:
-        breached, reset = _hit(items, source_id)
+        breached = [item for item in items if not strategy.hit(item, RATE_SCOPE, source_id)]
         if not breached:
             return
+        reset = max(
+            strategy.get_window_stats(i, RATE_SCOPE, source_id).reset_time for i in breached
+        )
     except Exception as exc:  # the limiter's storage (Redis) is unreachable: fail open
         log.warning("tracking api: rate limit not checked: %s", exc.__class__.__name__)
         return
