@@ -205,33 +205,34 @@ def process_batch(outbox_id: int) -> str:
     return "processed"
 
 
+def _count(table: sa.Table, where, limit: int) -> int:
+    """Rows of ``table`` matching ``where``, counting at most ``limit`` of them."""
+    rows = sa.select(table.c.id).where(where).limit(limit).subquery()
+    return db.session.scalar(sa.select(sa.func.count()).select_from(rows))
+
+
 def requeue_stale_batches(limit: int = 1000) -> int:
-    """Sweep hook: queue a drain job if batches waited too long (Redis lost it, a worker died)."""
+    """Sweep hook: queue a drain job if batches waited too long (Redis lost it, a worker died).
+
+    Outbox batches not processed, and inbound batches (deferred resolution) never claimed
+    or whose claim expired.
+    """
     cutoff = utcnow() - STALE_AFTER
-    stale = db.session.scalar(
-        sa.select(sa.func.count()).select_from(
-            sa.select(_OUTBOX.c.id)
-            .where(
-                _OUTBOX.c.processed_at.is_(None),
-                sa.or_(_OUTBOX.c.enqueued_at.is_(None), _OUTBOX.c.enqueued_at < cutoff),
-            )
-            .limit(limit)
-            .subquery()
-        )
-    )
     inbound = InboundBatch.__table__
-    stale += db.session.scalar(
-        sa.select(sa.func.count()).select_from(
-            sa.select(inbound.c.id)
-            .where(
-                sa.or_(
-                    sa.and_(inbound.c.claimed_at.is_(None), inbound.c.received_at < cutoff),
-                    inbound.c.claimed_at < cutoff,
-                )
-            )
-            .limit(limit)
-            .subquery()
-        )
+    stale = _count(
+        _OUTBOX,
+        sa.and_(
+            _OUTBOX.c.processed_at.is_(None),
+            sa.or_(_OUTBOX.c.enqueued_at.is_(None), _OUTBOX.c.enqueued_at < cutoff),
+        ),
+        limit,
+    ) + _count(
+        inbound,
+        sa.or_(
+            sa.and_(inbound.c.claimed_at.is_(None), inbound.c.received_at < cutoff),
+            inbound.c.claimed_at < cutoff,
+        ),
+        limit,
     )
     if stale:
         hand_off(force=True)
