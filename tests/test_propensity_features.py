@@ -63,7 +63,10 @@ def _event(source_id, pid, name, ts, properties=None) -> dict:
 def build_world(n: int = 600, seed: int = 7, signal: bool = True) -> World:
     """``n`` patients with a year of reads, purchases and the target event (in app context)."""
     rng = np.random.default_rng(seed)
-    end = utcnow().replace(microsecond=0) - timedelta(hours=1)
+    # 01:00 in Shanghai, a day or so ago: the world's local-day boundaries (features count
+    # local days) then fall at the same hour whenever the suite runs, so the data, and what
+    # a model learns from it, does not change with the time of day.
+    end = (utcnow() - timedelta(days=1)).replace(hour=17, minute=0, second=0, microsecond=0)
     start = end - timedelta(days=DAYS)
     source, _ = create_source(SYSTEM, "CRM", "http")
     first_id = (db.session.scalar(sa.select(sa.func.max(Profile.id))) or 0) + 1
